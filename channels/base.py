@@ -1,0 +1,90 @@
+"""The one interface every channel implements, and the values that cross it.
+
+A channel is like an httpx transport: one async method that sends a batch of rendered
+messages and returns one receipt per message, plus ``aclose()``. Channels send; the
+worker records. A channel never writes the ledger, and never lets a vendor exception out:
+per-message failures come back as receipts carrying a typed ``DeliveryError``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from worker.errors import DeliveryError
+from worker.statuses import DeliveryStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """A person to reach; ``ref`` is the pseudonym the ledger knows them by."""
+
+    ref: str
+    user_id: str
+    name: str = ""
+    email: str | None = None
+    phone: str | None = None
+    locale: str = "en"
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """What one event says in one locale; rendered once, shared by every recipient."""
+
+    cache_key: str
+    locale: str
+    subject: str
+    text: str
+    html: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryKey:
+    """The idempotency key claimed in the ledger before a provider is called."""
+
+    event_id: str
+    recipient_ref: str
+    channel: str
+    step: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """One message for one recipient on one channel."""
+
+    key: DeliveryKey
+    recipient: Recipient
+    content: Content
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The outcome of sending one message; ``error`` is set when it did not go out."""
+
+    key: DeliveryKey
+    status: DeliveryStatus
+    provider_message_id: str | None = None
+    error: DeliveryError | None = None
+    tries: int = 1
+    detail: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def failed(cls, key: DeliveryKey, error: DeliveryError, tries: int = 1) -> Receipt:
+        """A receipt for a message that did not go out, transient or permanent."""
+        status = DeliveryStatus.RETRYING if error.transient else DeliveryStatus.FAILED
+        return cls(key=key, status=status, error=error, tries=tries)
+
+
+class Channel(abc.ABC):
+    """A way to reach a person: email, SMS, phone call, station letter."""
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    async def send(self, messages: Sequence[OutboundMessage]) -> list[Receipt]:
+        """Send every message and return one receipt per message, in the same order."""
+
+    async def aclose(self) -> None:  # noqa: B027 - a channel without resources keeps this
+        """Release connections and clients; the channel is not used afterwards."""

@@ -1,0 +1,300 @@
+"""The ``herald`` command line (Typer + Rich).
+
+Exit codes: 0 done; 1 an operational failure (broker or database unreachable, a timeout);
+2 invalid input (the event, a file, an option). Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from worker.config import Settings, get_settings
+from worker.errors import BrokerUnavailable, ConfigurationError, HeraldError, InvalidEvent
+
+app = typer.Typer(
+    name="herald",
+    help="Keeps the company's written promises to its users: notices by email, SMS, phone and station letter.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+events_app = typer.Typer(help="Look at events herald received.", no_args_is_help=True)
+recipients_app = typer.Typer(help="Manage the recipients table.", no_args_is_help=True)
+app.add_typer(events_app, name="events")
+app.add_typer(recipients_app, name="recipients")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print a one-line error and exit with ``code``."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        fail(f"bad configuration: {' '.join(str(exc).split())}", 2)
+
+
+def _engine(settings: Settings, migrate: bool = True):  # type: ignore[no-untyped-def]
+    from worker.store.engine import make_engine
+    from worker.store.engine import migrate as run_migrations
+
+    try:
+        engine = make_engine(settings.resolved_database_url)
+        if migrate:
+            run_migrations(engine)
+    except ConfigurationError as exc:
+        fail(str(exc), 2)
+    except Exception as exc:  # a database that cannot be reached surfaces as many driver errors
+        fail(f"cannot open the database: {' '.join(str(exc).split())[:300]}")
+    return engine
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (the worker and the demo do this themselves)."""
+    settings = _settings()
+    _engine(settings)
+    out.print("database schema is current")
+
+
+@app.command()
+def worker(
+    processes: Annotated[int, typer.Option("--processes", "-p", min=1, help="Worker processes.")] = 2,
+    threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="Threads per process.")] = 4,
+    queues: Annotated[list[str] | None, typer.Option("--queue", "-Q", help="Only these queues.")] = None,
+) -> None:
+    """Run dramatiq workers for every herald queue until interrupted."""
+    settings = _settings()
+    _engine(settings)
+    args = [sys.executable, "-m", "dramatiq", "worker.app", "--processes", str(processes), "--threads", str(threads)]
+    if queues:
+        args += ["--queues", *queues]
+    # dramatiq's own supervisor takes over this process: signals, restarts and logs are its job.
+    os.execv(sys.executable, args)
+
+
+@app.command()
+def send(
+    file: Annotated[str, typer.Argument(help="A JSON event file, or - for standard input.")],
+) -> None:
+    """Validate one event and put it on the ingest queue; exit 2 with the reason if it is invalid."""
+    from worker.broker import build_broker, ingest_message, publish
+    from worker.events import parse_event
+
+    settings = _settings()
+    try:
+        raw = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}", 2)
+    try:
+        event = parse_event(raw, max_bytes=settings.max_event_bytes)
+    except InvalidEvent as exc:
+        fail(f"invalid event: {exc.reason}", 2)
+    try:
+        broker = build_broker(settings)
+        message_id = publish(broker, ingest_message(raw.decode("utf-8")))
+        broker.close()
+    except BrokerUnavailable as exc:
+        fail(str(exc))
+    out.print(f"queued {event.type} [bold]{event.event_id}[/] (message {message_id})", highlight=False)
+
+
+@app.command()
+def schema(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")] = None,
+) -> None:
+    """Print the JSON Schema of every event herald accepts."""
+    from worker.events import event_json_schema
+
+    text = json.dumps(event_json_schema(), indent=2, ensure_ascii=False)
+    if output is None:
+        print(text)
+    else:
+        output.write_text(text + "\n", encoding="utf-8")
+        out.print(f"wrote {output}")
+
+
+@events_app.command("rejected")
+def events_rejected(
+    limit: Annotated[int, typer.Option(min=1, help="How many, newest first.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List rejected events with the reason each was refused."""
+    from worker.store.intake import list_rejections
+
+    settings = _settings()
+    with _engine(settings).connect() as conn:
+        rejections = list_rejections(conn, limit)
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": r.id,
+                        "event_id": r.event_id,
+                        "type": r.event_type,
+                        "reason": r.reason,
+                        "size_bytes": r.size_bytes,
+                        "received_at": r.received_at.isoformat(),
+                    }
+                    for r in rejections
+                ],
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+        return
+    if not rejections:
+        out.print("no rejected events")
+        return
+    table = Table(title="Rejected events (newest first)")
+    for column in ("received (UTC)", "event_id", "type", "size", "reason"):
+        table.add_column(column, overflow="fold")
+    for r in rejections:
+        table.add_row(
+            r.received_at.strftime("%Y-%m-%d %H:%M:%S"),
+            r.event_id or "-",
+            r.event_type or "-",
+            f"{r.size_bytes:,} B",
+            r.reason,
+        )
+    out.print(table)
+
+
+@events_app.command("show")
+def events_show(event_id: Annotated[str, typer.Argument(help="The event's id.")]) -> None:
+    """Show one event's fan-out progress and delivery outcomes by channel and status."""
+    from worker.store.intake import event_summary, intake_counts
+    from worker.store.ledger import outcome_counts
+
+    settings = _settings()
+    with _engine(settings).connect() as conn:
+        summary = event_summary(conn, event_id)
+        received = intake_counts(conn, event_id)
+        counts = outcome_counts(conn, event_id)
+    if summary is None:
+        reason = "was rejected (see `herald events rejected`)" if received.get("rejected") else "was never accepted"
+        fail(f"event {event_id!r} {reason}", 2)
+    out.print(
+        f"[bold]{summary.event_id}[/] {summary.event_type}, accepted {summary.accepted_at:%Y-%m-%d %H:%M:%S} UTC, "
+        f"{summary.recipients_total} recipients, fan-out {'done' if summary.fanout_done else 'in progress'}, "
+        f"received {sum(received.values())}x",
+        highlight=False,
+    )
+    out.print(outcome_table(counts))
+
+
+def outcome_table(counts: dict[tuple[str, str], int], title: str = "Deliveries") -> Table:
+    """A table of delivery counts by channel (rows) and status (columns)."""
+    statuses = sorted({status for _, status in counts})
+    table = Table(title=title)
+    table.add_column("channel")
+    for status in statuses:
+        table.add_column(status, justify="right")
+    table.add_column("total", justify="right")
+    for channel in sorted({channel for channel, _ in counts}):
+        row = [counts.get((channel, status), 0) for status in statuses]
+        table.add_row(channel, *(str(n) for n in row), str(sum(row)))
+    return table
+
+
+@recipients_app.command("import")
+def recipients_import(
+    file: Annotated[Path, typer.Argument(help="CSV with a header: user_id,name,email,phone,locale.")],
+) -> None:
+    """Load or refresh recipients from a CSV file (for audiences by user_ids or all)."""
+    from worker.store.recipients import import_csv
+
+    settings = _settings()
+    if not file.is_file():
+        fail(f"no such file: {file}", 2)
+    engine = _engine(settings)
+    try:
+        with engine.begin() as conn:
+            result = import_csv(conn, file)
+    except (ValueError, UnicodeDecodeError) as exc:
+        fail(str(exc), 2)
+    for problem in result.problems[:20]:
+        err.print(f"[yellow]warning:[/] {problem}", highlight=False)
+    if len(result.problems) > 20:
+        err.print(f"[yellow]warning:[/] and {len(result.problems) - 20} more", highlight=False)
+    out.print(f"imported {result.imported} recipients from {file.name}")
+
+
+@app.command()
+def demo(
+    recipients: Annotated[int, typer.Option("--recipients", "-n", min=1, max=100_000, help="Generated recipients.")] = 1_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    processes: Annotated[int, typer.Option("--processes", "-p", min=1)] = 2,
+    threads: Annotated[int, typer.Option("--threads", "-t", min=1)] = 4,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 600.0,
+) -> None:
+    """Run the whole pipeline once on embedded parts and print what happened."""
+    from worker.demo import run_demo
+
+    settings = _settings()
+    try:
+        summary = run_demo(
+            settings, recipients=recipients, processes=processes, threads=threads, timeout=timeout, quiet=as_json,
+            console=err if as_json else out,
+        )
+    except HeraldError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(summary.as_dict(), indent=2))
+        return
+    out.print(outcome_table(summary.counts, title=f"Event {summary.event_id}: outcomes by channel and status"))
+    out.print(
+        f"{summary.recipients} recipients, {summary.emails_received} emails received by the local SMTP sink, "
+        f"{summary.letters} station letters, {summary.ledger_rows} ledger rows, {summary.seconds:.1f} s",
+        highlight=False,
+    )
+
+
+@app.command()
+def sandbox(
+    smtp_port: Annotated[int, typer.Option(help="SMTP sink port.")] = 8025,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+) -> None:
+    """Run the local SMTP sink for development until interrupted."""
+    import time
+
+    from worker.redact import mask_email
+    from worker.sandbox.smtp_sink import SmtpSink
+
+    sink = SmtpSink(host=host, port=smtp_port)
+    sink.start()
+    out.print(f"SMTP sink listening on {host}:{sink.port}; Ctrl-C to stop", highlight=False)
+    seen = 0
+    try:
+        while True:
+            time.sleep(0.5)
+            for message in sink.messages[seen:]:
+                out.print(f"mail to {', '.join(mask_email(r) for r in message.rcpt_tos)}: {message.subject}")
+            seen = len(sink.messages)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sink.stop()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except ConfigurationError as exc:
+        fail(str(exc), 2)

@@ -1,0 +1,91 @@
+"""herald's one settings object, read from ``HERALD_*`` environment variables.
+
+Every process (CLI, worker, sandbox, tests) builds its settings here, so a setting has one
+name, one default and one validation rule. Secrets are read from the environment only.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from typing import Annotated
+
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Where the repository's ``templates/`` folder sits for an editable install.
+DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+_BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class Settings(BaseSettings):
+    """All of herald's configuration; see the README for each variable."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_", extra="ignore", frozen=True)
+
+    # --- where things live -------------------------------------------------------------
+    data_dir: Path = Field(Path(".herald"), description="Embedded Redis and SQLite live here.")
+    broker_url: str = Field("", description="redis://, rediss:// or unix://; empty = embedded.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty = SQLite under data_dir.")
+    templates_dir: Path = DEFAULT_TEMPLATES_DIR
+
+    # --- broker behaviour --------------------------------------------------------------
+    broker_namespace: str = "dramatiq"
+    broker_heartbeat_timeout_ms: int = Field(60_000, ge=1_000)
+    broker_maintenance_chance: int = Field(1_000, ge=0, le=1_000_000, description="per million dispatches")
+    retry_max: int = Field(20, ge=0, description="dramatiq retries of a delivery batch")
+    retry_min_backoff_ms: int = Field(5_000, ge=10)
+    retry_max_backoff_ms: int = Field(600_000, ge=10)
+    lease_s: float = Field(300.0, gt=0, description="How long a claimed delivery is held by one worker.")
+
+    # --- events and fan-out ------------------------------------------------------------
+    max_event_bytes: int = Field(1_048_576, ge=1_024, description="Larger payloads are rejected.")
+    page_size: int = Field(500, ge=1, le=10_000, description="Audience page per fan-out step.")
+    batch_size: int = Field(250, ge=1, le=5_000, description="Recipients per delivery message.")
+    channels: Annotated[tuple[str, ...], NoDecode] = ("email", "insite")
+
+    # --- email (SMTP) ------------------------------------------------------------------
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(8025, ge=1, le=65_535)
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_starttls: bool = False
+    smtp_use_tls: bool = False
+    smtp_from: str = "herald <security@example.com>"
+    smtp_timeout_s: float = Field(10.0, gt=0)
+    smtp_connections: int = Field(4, ge=1, le=64, description="Connections per worker thread.")
+    smtp_tries: int = Field(3, ge=1, le=10, description="Tries inside one attempt (tenacity).")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker_scheme(cls, value: str) -> str:
+        if value and not value.startswith(_BROKER_SCHEMES):
+            raise ValueError(f"HERALD_BROKER_URL must start with one of {', '.join(_BROKER_SCHEMES)}")
+        return value
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _split_channels(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'herald.db').resolve()}"
+
+    @property
+    def embedded_redis_path(self) -> Path:
+        """The rdb file of the embedded Redis shared by every herald process in data_dir."""
+        return (self.data_dir / "redis.rdb").resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()

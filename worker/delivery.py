@@ -1,0 +1,114 @@
+"""Delivery of one batch on one channel: claim, render, send, record.
+
+The ledger is written on both sides of the provider call: the claim (a durable record)
+before it, the attempt row and status move after it. Whatever did not finish is left in a
+claimable state, and the caller raises so that dramatiq retries the message later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Connection
+
+from channels.base import DeliveryKey, OutboundMessage, Receipt
+from worker.errors import PermanentDeliveryError
+from worker.events import Event
+from worker.runtime import Runtime
+from worker.statuses import DeliveryStatus
+from worker.store import ledger, recipients
+from worker.store.intake import load_event
+
+log = logging.getLogger("herald.delivery")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """Counts for one batch; ``unfinished`` must be retried later."""
+
+    sent: int
+    failed: int
+    retrying: int
+    busy: int
+    skipped: int
+
+    @property
+    def unfinished(self) -> int:
+        """Deliveries still owed: transient failures and keys held by another worker."""
+        return self.retrying + self.busy
+
+
+class _EventCache:
+    """Accepted events never change, so each process parses one at most once."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._items: OrderedDict[str, Event] = OrderedDict()
+        self._size = size
+
+    def get(self, conn: Connection, event_id: str) -> Event:
+        event = self._items.get(event_id)
+        if event is None:
+            event = load_event(conn, event_id)
+            self._items[event_id] = event
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return event
+
+
+_events = _EventCache()
+
+
+def deliver_batch(
+    rt: Runtime, event_id: str, channel: str, refs: Sequence[str], *, claimant: str, step: int = 0
+) -> BatchOutcome:
+    """Send one batch; every claimed key ends with a ledger row for this attempt."""
+    lease = timedelta(seconds=rt.settings.lease_s)
+    with rt.engine.begin() as conn:
+        claim = ledger.claim(conn, event_id, channel, refs, claimant=claimant, lease=lease, step=step)
+        if not claim.attempts:
+            return BatchOutcome(0, 0, 0, len(claim.busy), len(refs) - len(claim.busy))
+        event = _events.get(conn, event_id)
+        people = recipients.load(conn, claim.attempts)
+
+    messages: list[OutboundMessage] = []
+    erased: list[Receipt] = []
+    for ref in claim.attempts:
+        key = DeliveryKey(event_id, ref, channel, step)
+        person = people.get(ref)
+        if person is None:
+            erased.append(Receipt.failed(key, PermanentDeliveryError("recipient erased before delivery")))
+            continue
+        content = rt.renderer.render(event, channel, person.locale)
+        messages.append(OutboundMessage(key=key, recipient=person, content=content))
+
+    receipts = list(rt.run(rt.channel(channel).send(messages))) if messages else []  # type: ignore[call-overload]
+    receipts += erased
+    with rt.engine.begin() as conn:
+        ledger.record(conn, receipts, claim.attempts)
+
+    counts = Counter(r.status for r in receipts)
+    outcome = BatchOutcome(
+        sent=counts[DeliveryStatus.DELIVERED] + counts[DeliveryStatus.SENT],
+        failed=counts[DeliveryStatus.FAILED],
+        retrying=counts[DeliveryStatus.RETRYING],
+        busy=len(claim.busy),
+        skipped=len(refs) - len(claim.attempts) - len(claim.busy),
+    )
+    log.info(
+        "event %s %s batch: %d sent, %d failed, %d to retry, %d held elsewhere, %d already done",
+        event_id, channel, outcome.sent, outcome.failed, outcome.retrying, outcome.busy, outcome.skipped,
+    )
+    return outcome
+
+
+def exhaust_batch(rt: Runtime, event_id: str, channel: str, refs: Sequence[str], *, step: int = 0) -> int:
+    """After dramatiq's last retry: every unfinished key of the batch becomes failed."""
+    with rt.engine.begin() as conn:
+        count = ledger.exhaust(conn, event_id, channel, refs, "retries exhausted", step=step)
+    if count:
+        log.warning("event %s %s: %d deliveries failed after the last retry", event_id, channel, count)
+    return count

@@ -1,0 +1,74 @@
+"""herald's one error tree.
+
+::
+
+    HeraldError
+    ├── ConfigurationError        a setting, template or wiring is wrong; found at start-up
+    ├── BrokerUnavailable         the queue cannot be reached
+    ├── InvalidEvent              an event is refused; ``reason`` is one line, safe to show
+    │   ├── PayloadTooLarge
+    │   └── EventConflict         same event_id, different body
+    └── DeliveryError             one send failed; carries the provider's code, a safe message
+        ├── TransientDeliveryError   retry later (4xx, disconnects, timeouts, 429/5xx)
+        └── PermanentDeliveryError   retrying cannot help (5xx, refused recipient); fall back
+
+Vendor exceptions (aiosmtplib, twilio) are translated into these at the channel edge and
+never leak into the core.
+"""
+
+from __future__ import annotations
+
+
+class HeraldError(Exception):
+    """Base of every error herald raises on purpose."""
+
+
+class ConfigurationError(HeraldError):
+    """A setting, template or piece of wiring is wrong; reported at start-up."""
+
+
+class BrokerUnavailable(HeraldError):
+    """The message broker cannot be reached."""
+
+
+class InvalidEvent(HeraldError):
+    """An event was refused; ``reason`` is one line that is safe to show and store."""
+
+    def __init__(self, reason: str, *, event_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.event_id = event_id
+
+
+class PayloadTooLarge(InvalidEvent):
+    """The event payload is larger than ``HERALD_MAX_EVENT_BYTES``."""
+
+
+class EventConflict(InvalidEvent):
+    """An event_id arrived again with a different body."""
+
+
+class DeliveryError(HeraldError):
+    """One delivery failed; ``code`` is the provider's, ``message`` is safe to log."""
+
+    transient: bool = False
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+    @property
+    def kind(self) -> str:
+        """The class name recorded in the ledger's ``error_class`` column."""
+        return type(self).__name__
+
+
+class TransientDeliveryError(DeliveryError):
+    """Retrying later may succeed."""
+
+    transient = True
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Retrying cannot succeed; the recipient needs another channel."""

@@ -1,0 +1,340 @@
+"""The events herald accepts, as pydantic models, and the one function that parses them.
+
+An event is an envelope ``{event_id, type, occurred_at, source, data}``; ``type`` picks the
+model of ``data``. ``parse_event`` turns any payload (bytes, text or a decoded object) into an
+``Event`` or raises ``InvalidEvent`` with a one-line reason that is safe to store and show.
+Contact details inside an audience are checked later, per recipient, so that one bad
+address cannot stop a notice from reaching everybody else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from worker.errors import InvalidEvent, PayloadTooLarge
+
+#: The five parts the privacy policy promises in every security-incident notice.
+INCIDENT_PARTS = ("situation", "impact", "measures", "advice", "remedies")
+
+#: The least lead time the privacy policy promises for a substantial policy change.
+SUBSTANTIAL_CHANGE_LEAD = timedelta(days=7)
+
+_LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _no_controls(value: str) -> str:
+    """Drop control characters other than newline and tab; they have no business in text."""
+    return _CONTROL.sub("", value)
+
+
+def _one_line(value: str) -> str:
+    """Collapse any CR/LF or run of whitespace into a single space."""
+    return " ".join(value.split())
+
+
+Text = Annotated[str, AfterValidator(_no_controls), StringConstraints(strip_whitespace=True, min_length=1, max_length=20_000)]
+Line = Annotated[str, AfterValidator(_one_line), StringConstraints(min_length=1, max_length=300)]
+Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=20_000)
+
+
+class Severity(str, Enum):
+    """How bad an incident is; routing uses it to choose channels."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+class RecipientIn(_Model):
+    """A recipient given inline; contacts are checked per recipient at fan-out."""
+
+    user_id: Identifier
+    name: Annotated[str, AfterValidator(_one_line), StringConstraints(max_length=200)] = ""
+    email: Annotated[str, StringConstraints(strip_whitespace=True, max_length=320)] | None = None
+    phone: Annotated[str, StringConstraints(strip_whitespace=True, max_length=32)] | None = None
+    locale: str = "en"
+
+    @field_validator("locale")
+    @classmethod
+    def _locale_or_default(cls, value: str) -> str:
+        # An unreadable locale falls back to English rather than losing the recipient.
+        return value.replace("_", "-") if _LOCALE.match(value or "") else "en"
+
+
+class InlineAudience(_Model):
+    """Recipients listed in the event itself."""
+
+    recipients: list[RecipientIn] = Field(min_length=1)
+
+
+class UserIdsAudience(_Model):
+    """Users named by id, resolved against the recipients table."""
+
+    user_ids: list[Identifier] = Field(min_length=1)
+
+
+class AllAudience(_Model):
+    """Everybody in the recipients table."""
+
+    all: Literal[True]
+
+
+Audience = Union[InlineAudience, UserIdsAudience, AllAudience]
+
+
+class SecurityIncidentData(_Model):
+    """A security incident notice: the five promised parts are all required."""
+
+    incident_id: Identifier
+    severity: Severity
+    title: Line
+    detected_at: AwareDatetime
+    situation: Text
+    impact: Text
+    measures: Text
+    advice: Text
+    remedies: Text
+    audience: Audience
+
+    @model_validator(mode="before")
+    @classmethod
+    def _all_five_parts(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            missing = [p for p in INCIDENT_PARTS if not str(data.get(p) or "").strip()]
+            if missing:
+                raise ValueError(
+                    "a security incident notice must state all five parts the privacy policy "
+                    f"promises; missing or empty: {', '.join(missing)}"
+                )
+        return data
+
+
+class AccountAction(str, Enum):
+    """What happened to an account."""
+
+    SUSPENDED = "suspended"
+    CANCELLED = "cancelled"
+    RESTORED = "restored"
+
+
+class AccountNoticeData(_Model):
+    """A notice to one user about an action on their account."""
+
+    user_id: Identifier
+    action: AccountAction
+    reason: Text
+    effective_at: AwareDatetime
+    recipient: RecipientIn | None = None
+
+    @model_validator(mode="after")
+    def _recipient_is_the_user(self) -> AccountNoticeData:
+        if self.recipient is not None and self.recipient.user_id != self.user_id:
+            raise ValueError("recipient.user_id must be the user the notice is about")
+        return self
+
+    @property
+    def audience(self) -> Audience:
+        """One user: inline when contacts are given, else looked up by id."""
+        if self.recipient is not None:
+            return InlineAudience(recipients=[self.recipient])
+        return UserIdsAudience(user_ids=[self.user_id])
+
+
+class ServiceNoticeKind(str, Enum):
+    """A planned maintenance window or an unplanned outage."""
+
+    MAINTENANCE = "maintenance"
+    OUTAGE = "outage"
+
+
+class ServiceNoticeData(_Model):
+    """A maintenance window or outage affecting some services."""
+
+    kind: ServiceNoticeKind
+    title: Line
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
+    services: list[Line] = Field(min_length=1)
+    description: Text | None = None
+    audience: Audience
+
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> ServiceNoticeData:
+        if self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        return self
+
+
+class PolicyChangeData(_Model):
+    """A change to the privacy policy or terms; substantial ones need a week's notice."""
+
+    document: Line
+    version: Line
+    summary: Text
+    url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=2_000)]
+    substantial: bool
+    effective_at: AwareDatetime
+    audience: Audience
+
+
+class _Envelope(_Model):
+    event_id: Identifier
+    occurred_at: AwareDatetime
+    source: Line
+
+
+class SecurityIncident(_Envelope):
+    """A ``security_incident`` event."""
+
+    type: Literal["security_incident"]
+    data: SecurityIncidentData
+
+
+class PolicyChange(_Envelope):
+    """A ``policy_change`` event."""
+
+    type: Literal["policy_change"]
+    data: PolicyChangeData
+
+    @model_validator(mode="after")
+    def _week_ahead(self) -> PolicyChange:
+        if self.data.substantial:
+            earliest = max(self.occurred_at, datetime.now(timezone.utc)) + SUBSTANTIAL_CHANGE_LEAD
+            if self.data.effective_at < earliest:
+                raise ValueError(
+                    "a substantial policy change needs at least 7 days' notice; "
+                    f"earliest allowed effective_at is {earliest.isoformat(timespec='seconds')}"
+                )
+        return self
+
+
+class AccountNotice(_Envelope):
+    """An ``account_notice`` event."""
+
+    type: Literal["account_notice"]
+    data: AccountNoticeData
+
+
+class ServiceNotice(_Envelope):
+    """A ``service_notice`` event."""
+
+    type: Literal["service_notice"]
+    data: ServiceNoticeData
+
+
+Event = Annotated[
+    Union[SecurityIncident, PolicyChange, AccountNotice, ServiceNotice],
+    Field(discriminator="type"),
+]
+EVENT_TYPES = ("security_incident", "policy_change", "account_notice", "service_notice")
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def audience_of(event: Event) -> Audience:
+    """The audience an event is addressed to."""
+    return event.data.audience
+
+
+def event_json_schema() -> dict[str, Any]:
+    """The JSON Schema of every event herald accepts, for producers in any language."""
+    schema = _EVENT_ADAPTER.json_schema()
+    schema["title"] = "herald event"
+    return schema
+
+
+def body_digest(obj: Any) -> str:
+    """A digest of an event body that ignores key order and whitespace."""
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def decode_payload(payload: bytes | str | dict[str, Any], *, max_bytes: int) -> dict[str, Any]:
+    """Decode a raw payload into a JSON object, enforcing the size limit.
+
+    Raises:
+        PayloadTooLarge: the payload exceeds ``max_bytes``.
+        InvalidEvent: it is not a JSON object.
+    """
+    if isinstance(payload, dict):
+        size = len(json.dumps(payload, ensure_ascii=False).encode())
+        obj: Any = payload
+    else:
+        raw = payload.encode() if isinstance(payload, str) else payload
+        size = len(raw)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"payload is {size:,} bytes; the limit is {max_bytes:,} bytes")
+        try:
+            obj = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidEvent(f"payload is not valid JSON: {exc}") from None
+    if size > max_bytes:
+        raise PayloadTooLarge(f"payload is {size:,} bytes; the limit is {max_bytes:,} bytes")
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"payload must be a JSON object, not {type(obj).__name__}")
+    return obj
+
+
+def validate_event(obj: dict[str, Any]) -> Event:
+    """Validate a decoded object as an event.
+
+    Raises:
+        InvalidEvent: with a one-line reason naming the offending fields.
+    """
+    event_id = obj.get("event_id") if isinstance(obj.get("event_id"), str) else None
+    kind = obj.get("type")
+    if kind not in EVENT_TYPES:
+        shown = json.dumps(kind)[:60] if kind is not None else "missing"
+        raise InvalidEvent(
+            f"unknown event type {shown}; expected one of {', '.join(EVENT_TYPES)}", event_id=event_id
+        )
+    try:
+        return _EVENT_ADAPTER.validate_python(obj)
+    except ValidationError as exc:
+        raise InvalidEvent(f"invalid {kind}: {summarise(exc)}", event_id=event_id) from None
+
+
+def parse_event(payload: bytes | str | dict[str, Any], *, max_bytes: int) -> Event:
+    """Decode and validate one event payload.
+
+    Raises:
+        InvalidEvent: the payload is too large, not JSON, or not a valid event.
+    """
+    return validate_event(decode_payload(payload, max_bytes=max_bytes))
+
+
+def summarise(exc: ValidationError, limit: int = 4) -> str:
+    """Condense pydantic's errors into one line: ``field.path: message; ...``."""
+    parts = []
+    for error in exc.errors()[:limit]:
+        # The discriminator's own tag is noise in the path shown to a person.
+        loc = ".".join(str(p) for p in error["loc"] if p not in EVENT_TYPES) or "event"
+        msg = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    extra = exc.error_count() - limit
+    if extra > 0:
+        parts.append(f"and {extra} more")
+    return _one_line("; ".join(parts))

@@ -1,0 +1,75 @@
+"""Ingest: validate an incoming payload, deduplicate it by event_id, and record the outcome.
+
+Bad input is never retried: it is stored as rejected with a one-line reason and the call
+returns normally, so the broker acks it and the worker carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+
+from worker.errors import InvalidEvent
+from worker.events import body_digest, decode_payload, validate_event
+from worker.store.intake import IntakeOutcome, accept_event, fanout_cursor, record_intake
+
+log = logging.getLogger("herald.ingest")
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What became of a payload; ``fanout_from`` is set when fan-out must (re)start there."""
+
+    outcome: IntakeOutcome
+    event_id: str | None
+    reason: str | None = None
+    fanout_from: str | None = None
+
+
+def _excerpt(payload: bytes | str | dict[str, Any]) -> tuple[str, int]:
+    if isinstance(payload, dict):
+        text = json.dumps(payload, ensure_ascii=False)
+    elif isinstance(payload, bytes):
+        text = payload.decode("utf-8", errors="replace")
+    else:
+        text = payload
+    return text[:4_096], len(text.encode("utf-8", errors="replace"))
+
+
+def ingest(engine: Engine, payload: bytes | str | dict[str, Any], *, max_bytes: int) -> IngestResult:
+    """Validate and store one event; never raises for bad input."""
+    excerpt, size = _excerpt(payload)
+    obj: dict[str, Any] | None = None
+    try:
+        obj = decode_payload(payload, max_bytes=max_bytes)
+        event = validate_event(obj)
+        with engine.begin() as conn:
+            outcome = accept_event(conn, event, body_digest(obj), obj)
+            record_intake(
+                conn, outcome, size_bytes=size, event_id=event.event_id, event_type=event.type, source=event.source
+            )
+            cursor = fanout_cursor(conn, event.event_id)
+    except InvalidEvent as exc:
+        event_id = exc.event_id or (obj.get("event_id") if obj and isinstance(obj.get("event_id"), str) else None)
+        event_type = obj.get("type") if obj and isinstance(obj.get("type"), str) else None
+        with engine.begin() as conn:
+            record_intake(
+                conn,
+                IntakeOutcome.REJECTED,
+                size_bytes=size,
+                event_id=event_id,
+                event_type=event_type,
+                reason=exc.reason,
+                excerpt=excerpt,
+            )
+        log.warning("rejected event %s: %s", event_id or "(no id)", exc.reason)
+        return IngestResult(IntakeOutcome.REJECTED, event_id, reason=exc.reason)
+    if outcome is IntakeOutcome.DUPLICATE:
+        log.info("duplicate of event %s ignored", event.event_id)
+    # A duplicate of an event whose fan-out never finished restarts it where it stands:
+    # the first copy may have died between storing the event and enqueueing the fan-out.
+    return IngestResult(outcome, event.event_id, fanout_from=cursor)

@@ -1,0 +1,319 @@
+"""Turn an event into the words a channel sends: ``Renderer.render(event, channel, locale)``.
+
+Templates live in ``templates/<event_type>/<locale>/<name>``; each channel uses a fixed set
+of names (``CHANNEL_TEMPLATES``). Three things matter here:
+
+* **Safety.** Templates run in Jinja2's immutable sandbox with ``StrictUndefined``; event
+  fields reach them only as variables, never as template source, so ``{{ 7*7 }}`` in a title
+  is printed as typed. HTML templates autoescape; subjects are forced onto one line, so a
+  field cannot inject a mail header.
+* **Cost.** Every recipient of one event in one locale gets the same ``Content``, so the
+  result is cached per (event, channel, locale): a fan-out to thousands renders once.
+* **Start-up checks.** ``check()`` names every missing template and renders every template
+  against a sample event, so a broken template stops the worker before the first incident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Iterable
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from channels.base import Content
+from worker.clock import as_utc
+from worker.errors import ConfigurationError
+from worker.events import EVENT_TYPES, Event
+from worker.samples import sample_event
+
+#: The locale every event type must have; the last resort of locale resolution.
+FALLBACK_LOCALE = "en"
+
+#: Longest subject a channel will be given, in characters (the ellipsis included).
+MAX_SUBJECT_CHARS = 200
+
+
+class ChannelTemplates(NamedTuple):
+    """Template file names a channel renders: a subject, a plain text body, maybe HTML."""
+
+    subject: str
+    text: str
+    html: str | None = None
+
+
+#: Which templates each channel renders; a channel missing here cannot be rendered.
+CHANNEL_TEMPLATES: dict[str, ChannelTemplates] = {
+    "email": ChannelTemplates("email_subject.txt", "email.txt", "email.html"),
+    "insite": ChannelTemplates("insite_subject.txt", "insite.txt"),
+}
+
+_CACHE_SIZE = 256
+_DIGEST_CACHE_SIZE = 64
+_RESOLVED_CACHE_SIZE = 1024
+
+
+def format_datetime(value: datetime | date) -> str:
+    """``2026-11-23 14:05 UTC``: one unambiguous form for every locale and reader's time zone."""
+    if isinstance(value, datetime):
+        return as_utc(value).strftime("%Y-%m-%d %H:%M UTC")
+    return value.isoformat()
+
+
+def format_date(value: datetime | date) -> str:
+    """``2026-11-23`` (the UTC date): for days such as the one a policy takes effect."""
+    if isinstance(value, datetime):
+        return as_utc(value).date().isoformat()
+    return value.isoformat()
+
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def one_line(value: str, limit: int = MAX_SUBJECT_CHARS) -> str:
+    """Make ``value`` safe as a subject: one line, no control characters, at most ``limit`` chars.
+
+    Mail headers end at CR/LF, so a line break that survived into a subject could inject a
+    header; every control or separator character becomes a space, runs of spaces collapse.
+    """
+    cleaned = "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in value)
+    cleaned = _WHITESPACE.sub(" ", cleaned).strip()
+    if len(cleaned) > limit:
+        cleaned = cleaned[: limit - 1].rstrip() + "…"
+    return cleaned
+
+
+def _context(event: Event) -> dict[str, Any]:
+    """What a template sees: the envelope and its data, as variables only, never as source."""
+    return {"event": event, "data": event.data}
+
+
+def _locale_key(locale: str) -> str:
+    return locale.strip().replace("_", "-").lower()
+
+
+class Renderer:
+    """Renders events with the templates in one directory, caching what every recipient shares.
+
+    Thread-safe: one renderer serves every worker thread of a process.
+    """
+
+    def __init__(self, templates_dir: Path) -> None:
+        self.templates_dir = Path(templates_dir)
+        self.env = ImmutableSandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(self.templates_dir),
+            undefined=jinja2.StrictUndefined,
+            autoescape=jinja2.select_autoescape(["html"], default_for_string=False, default=False),
+            trim_blocks=True,
+            lstrip_blocks=True,
+            # Templates are deployed with the code; a restart picks up changes, and no
+            # render has to stat the file first.
+            auto_reload=False,
+        )
+        self.env.filters["datetime"] = format_datetime
+        self.env.filters["date"] = format_date
+        self._lock = threading.Lock()
+        self._contents: OrderedDict[tuple[str, str, str, str], Content] = OrderedDict()
+        self._digests: OrderedDict[int, tuple[Event, str]] = OrderedDict()
+        self._locales: dict[str, list[str]] = {}
+        self._resolved: dict[tuple[str, str], str] = {}
+
+    # --- locales -----------------------------------------------------------------------
+
+    def available_locales(self, event_type: str) -> list[str]:
+        """The locales with a template folder for ``event_type``, sorted; empty if none."""
+        with self._lock:
+            cached = self._locales.get(event_type)
+        if cached is not None:
+            return list(cached)
+        folder = self.templates_dir / event_type
+        found = (
+            sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+            if folder.is_dir()
+            else []
+        )
+        with self._lock:
+            self._locales[event_type] = found
+        return list(found)
+
+    def resolve_locale(self, event_type: str, locale: str) -> str:
+        """The locale folder to use for a reader who asked for ``locale``.
+
+        Exact match first (case-insensitive, ``_`` as ``-``); then the same language (``zh``
+        or ``zh-TW`` → ``zh-CN``, ``en-GB`` → ``en``), preferring a bare-language folder;
+        then English.
+
+        Raises:
+            ConfigurationError: nothing matches and there is no ``en`` folder either.
+        """
+        memo = (event_type, locale)
+        with self._lock:
+            hit = self._resolved.get(memo)
+        if hit is not None:
+            return hit
+        resolved = self._resolve(event_type, locale)
+        with self._lock:
+            if len(self._resolved) >= _RESOLVED_CACHE_SIZE:  # locales come from users: stay bounded
+                self._resolved.clear()
+            self._resolved[memo] = resolved
+        return resolved
+
+    def _resolve(self, event_type: str, locale: str) -> str:
+        available = self.available_locales(event_type)
+        by_key = {_locale_key(name): name for name in available}
+        wanted = _locale_key(locale or "")
+        if wanted in by_key:
+            return by_key[wanted]
+        language = wanted.split("-", 1)[0]
+        if language in by_key:
+            return by_key[language]
+        same_language = [name for key, name in sorted(by_key.items()) if key.split("-", 1)[0] == language]
+        if same_language:
+            return same_language[0]
+        if FALLBACK_LOCALE in by_key:
+            return by_key[FALLBACK_LOCALE]
+        raise ConfigurationError(
+            f"no templates for event type {event_type!r} in locale {locale!r} and no "
+            f"{FALLBACK_LOCALE!r} fallback under {self.templates_dir}"
+        )
+
+    # --- rendering ---------------------------------------------------------------------
+
+    def render(self, event: Event, channel: str, locale: str) -> Content:
+        """What ``event`` says on ``channel`` to readers of ``locale``; shared by all of them.
+
+        Raises:
+            ConfigurationError: the channel has no templates, or no locale folder fits.
+            jinja2.TemplateError: a template is missing or broken (``check()`` finds these at
+                start-up); ``jinja2.exceptions.SecurityError`` if it touches what the sandbox forbids.
+        """
+        names = self._templates_for(channel)
+        resolved = self.resolve_locale(event.type, locale)
+        key = (event.event_id, self._digest(event), channel, resolved)
+        with self._lock:
+            cached = self._contents.get(key)
+            if cached is not None:
+                self._contents.move_to_end(key)
+                return cached
+        # Rendering happens outside the lock: two threads may render the same content at
+        # once, which costs a little time and is otherwise harmless.
+        content = self._render(event, names, channel, resolved)
+        with self._lock:
+            self._contents[key] = content
+            self._contents.move_to_end(key)
+            while len(self._contents) > _CACHE_SIZE:
+                self._contents.popitem(last=False)
+        return content
+
+    def _render(self, event: Event, names: ChannelTemplates, channel: str, locale: str) -> Content:
+        context = _context(event)
+        folder = f"{event.type}/{locale}"
+        subject = self.env.get_template(f"{folder}/{names.subject}").render(context)
+        text = self.env.get_template(f"{folder}/{names.text}").render(context)
+        html = None
+        if names.html is not None:
+            html = self.env.get_template(f"{folder}/{names.html}").render(context)
+        return Content(
+            cache_key=f"{event.event_id}:{channel}:{locale}",
+            locale=locale,
+            subject=one_line(subject),
+            text=text.strip() + "\n",
+            html=html,
+        )
+
+    def _digest(self, event: Event) -> str:
+        """A digest of what the templates can see, so a reused event_id never gets stale words.
+
+        The audience is left out: templates are not personalised, and an inline audience can
+        be large. The digest is remembered per event object (held, so its id is not reused).
+        """
+        ident = id(event)
+        with self._lock:
+            entry = self._digests.get(ident)
+            if entry is not None and entry[0] is event:
+                self._digests.move_to_end(ident)
+                return entry[1]
+        dumped = event.model_dump_json(exclude={"data": {"audience"}})
+        digest = hashlib.sha256(dumped.encode()).hexdigest()
+        with self._lock:
+            self._digests[ident] = (event, digest)
+            self._digests.move_to_end(ident)
+            while len(self._digests) > _DIGEST_CACHE_SIZE:
+                self._digests.popitem(last=False)
+        return digest
+
+    @staticmethod
+    def _templates_for(channel: str) -> ChannelTemplates:
+        try:
+            return CHANNEL_TEMPLATES[channel]
+        except KeyError:
+            raise ConfigurationError(
+                f"no templates for channel {channel!r}; rendered channels: {', '.join(CHANNEL_TEMPLATES)}"
+            ) from None
+
+    # --- start-up check ----------------------------------------------------------------
+
+    def check(self, event_types: Iterable[str], channels: Iterable[str], locales: Iterable[str]) -> None:
+        """Fail now, not mid-incident, if a template is missing or broken.
+
+        Every (event type, locale, channel) needs its templates, each of which must render a
+        sample event of its type.
+
+        Raises:
+            ConfigurationError: one line naming every missing template file, an unknown
+                event type or channel, or the first template that fails to render.
+        """
+        types = list(dict.fromkeys(event_types))
+        chans = list(dict.fromkeys(channels))
+        locs = list(dict.fromkeys(locales))
+        unknown_types = [t for t in types if t not in EVENT_TYPES]
+        if unknown_types:
+            raise ConfigurationError(
+                f"unknown event type(s) {', '.join(map(repr, unknown_types))}; "
+                f"known: {', '.join(EVENT_TYPES)}"
+            )
+        unknown_channels = [c for c in chans if c not in CHANNEL_TEMPLATES]
+        if unknown_channels:
+            raise ConfigurationError(
+                f"no templates for channel(s) {', '.join(map(repr, unknown_channels))}; "
+                f"rendered channels: {', '.join(CHANNEL_TEMPLATES)}"
+            )
+
+        missing: list[str] = []
+        present: list[tuple[str, str]] = []
+        for event_type in types:
+            by_key = {_locale_key(name): name for name in self.available_locales(event_type)}
+            for locale in [*locs, FALLBACK_LOCALE]:
+                folder = by_key.get(_locale_key(locale), locale)
+                for channel in chans:
+                    for name in filter(None, CHANNEL_TEMPLATES[channel]):
+                        path = f"{event_type}/{folder}/{name}"
+                        if not (self.templates_dir / path).is_file():
+                            missing.append(path)
+                        present.append((event_type, path))
+        if missing:
+            unique = list(dict.fromkeys(missing))
+            raise ConfigurationError(
+                f"{len(unique)} template file(s) missing under {self.templates_dir}: {', '.join(unique)}"
+            )
+
+        samples: dict[str, Event] = {}
+        for event_type, path in dict.fromkeys(present):
+            if event_type not in samples:
+                samples[event_type] = sample_event(event_type)
+            try:
+                self.env.get_template(path).render(_context(samples[event_type]))
+            except jinja2.TemplateError as exc:
+                line = f" line {exc.lineno}" if isinstance(exc, jinja2.TemplateSyntaxError) else ""
+                message = " ".join(str(exc).split())
+                raise ConfigurationError(
+                    f"template {path}{line} fails on a sample {event_type} event: "
+                    f"{type(exc).__name__}: {message}"
+                ) from exc

@@ -1,0 +1,81 @@
+"""What one worker process holds: its engine and renderer, and per thread an event loop
+with that thread's channels (each keeps its SMTP connections open across batches).
+
+It is built lazily in each process, after dramatiq forks, so no connection crosses a fork.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from functools import cached_property
+
+from sqlalchemy import Engine
+
+from channels import create_channel
+from channels.base import Channel
+from worker.config import Settings
+from worker.rendering import Renderer
+from worker.store.engine import make_engine
+
+
+class Runtime:
+    """Process-wide resources for the pipeline, created on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._threads: list[_ThreadState] = []
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The database engine (one pool per process)."""
+        return make_engine(self.settings.resolved_database_url)
+
+    @cached_property
+    def renderer(self) -> Renderer:
+        """The template renderer, with its caches."""
+        return Renderer(self.settings.templates_dir)
+
+    def _state(self) -> _ThreadState:
+        state: _ThreadState | None = getattr(self._local, "state", None)
+        if state is None:
+            state = _ThreadState()
+            self._local.state = state
+            with self._lock:
+                self._threads.append(state)
+        return state
+
+    def channel(self, name: str) -> Channel:
+        """This thread's instance of a channel."""
+        state = self._state()
+        if name not in state.channels:
+            state.channels[name] = create_channel(name, self.settings, self.engine)
+        return state.channels[name]
+
+    def run(self, coro: object) -> object:
+        """Run a coroutine on this thread's event loop."""
+        return self._state().loop.run_until_complete(coro)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Close every channel and loop this runtime opened, then the engine's pool."""
+        with self._lock:
+            states, self._threads = self._threads, []
+        for state in states:
+            for channel in state.channels.values():
+                try:
+                    if not state.loop.is_closed() and not state.loop.is_running():
+                        state.loop.run_until_complete(channel.aclose())
+                except Exception:  # closing is best effort; the process is going away
+                    pass
+            if not state.loop.is_running():
+                state.loop.close()
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+
+
+class _ThreadState:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.channels: dict[str, Channel] = {}

@@ -1,0 +1,189 @@
+"""What arrived, and what became of it: the intake log and the accepted events.
+
+Every payload that reaches ingest leaves one intake row (accepted, duplicate or rejected,
+with the reason), so an on-call engineer can always answer "did herald get my event?".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import Connection, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from worker.clock import as_utc, utcnow
+from worker.errors import EventConflict
+from worker.events import Event, validate_event
+from worker.store.schema import events, intake
+
+EXCERPT_CHARS = 4_096
+
+
+class IntakeOutcome(str, Enum):
+    """What ingest did with a payload."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A refused payload, as `herald events rejected` shows it."""
+
+    id: int
+    event_id: str | None
+    event_type: str | None
+    reason: str
+    size_bytes: int
+    excerpt: str | None
+    received_at: datetime
+
+
+def record_intake(
+    conn: Connection,
+    outcome: IntakeOutcome,
+    *,
+    size_bytes: int,
+    event_id: str | None = None,
+    event_type: str | None = None,
+    source: str | None = None,
+    reason: str | None = None,
+    excerpt: str | None = None,
+) -> None:
+    """Append one row to the intake log."""
+    conn.execute(
+        intake.insert().values(
+            event_id=event_id[:128] if event_id else None,
+            outcome=outcome.value,
+            reason=reason,
+            event_type=event_type[:64] if event_type else None,
+            source=source[:300] if source else None,
+            size_bytes=size_bytes,
+            excerpt=excerpt[:EXCERPT_CHARS] if excerpt else None,
+            received_at=utcnow(),
+        )
+    )
+
+
+def accept_event(conn: Connection, event: Event, digest: str, body: dict[str, Any]) -> IntakeOutcome:
+    """Store an accepted event once; a second identical copy is a duplicate.
+
+    Raises:
+        EventConflict: the event_id is already stored with a different body.
+    """
+    row = {
+        "event_id": event.event_id,
+        "event_type": event.type,
+        "source": event.source,
+        "digest": digest,
+        "body": json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        "occurred_at": event.occurred_at,
+        "accepted_at": utcnow(),
+        "fanout_cursor": "",
+    }
+    module = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = module.insert(events).values(**row).on_conflict_do_nothing().returning(events.c.event_id)
+    if conn.execute(stmt).first() is not None:
+        return IntakeOutcome.ACCEPTED
+    stored = conn.execute(select(events.c.digest).where(events.c.event_id == event.event_id)).scalar_one()
+    if stored != digest:
+        raise EventConflict(
+            f"event_id {event.event_id!r} was already accepted with a different body", event_id=event.event_id
+        )
+    return IntakeOutcome.DUPLICATE
+
+
+def load_event(conn: Connection, event_id: str) -> Event:
+    """Read back an accepted event as its model."""
+    body = conn.execute(select(events.c.body).where(events.c.event_id == event_id)).scalar_one()
+    return validate_stored(json.loads(body))
+
+
+def validate_stored(obj: dict[str, Any]) -> Event:
+    """Rebuild a stored event; it was valid when accepted, so this only re-types it."""
+    return validate_event(obj)
+
+
+def fanout_cursor(conn: Connection, event_id: str) -> str | None:
+    """Where the event's fan-out stands: a cursor, or None once every page is out."""
+    row = conn.execute(
+        select(events.c.fanout_cursor, events.c.fanout_done_at).where(events.c.event_id == event_id)
+    ).one()
+    return None if row.fanout_done_at is not None else (row.fanout_cursor or "")
+
+
+def advance_fanout(conn: Connection, event_id: str, cursor: str, next_cursor: str | None, count: int) -> bool:
+    """Move the fan-out cursor forward if it still stands at ``cursor`` (compare-and-set).
+
+    Returns False when another copy of the same page already moved it, so that a duplicate
+    fan-out chain stops instead of running twice.
+    """
+    values: dict[str, Any] = {
+        "fanout_cursor": next_cursor if next_cursor is not None else cursor,
+        "recipients_total": func.coalesce(events.c.recipients_total, 0) + count,
+    }
+    if next_cursor is None:
+        values["fanout_done_at"] = utcnow()
+    result = conn.execute(
+        update(events)
+        .where(events.c.event_id == event_id, events.c.fanout_cursor == cursor, events.c.fanout_done_at.is_(None))
+        .values(**values)
+    )
+    return bool(result.rowcount)
+
+
+@dataclass(frozen=True, slots=True)
+class EventSummary:
+    """An accepted event and how far its fan-out has come."""
+
+    event_id: str
+    event_type: str
+    accepted_at: datetime
+    fanout_done: bool
+    recipients_total: int
+
+
+def event_summary(conn: Connection, event_id: str) -> EventSummary | None:
+    """One accepted event's summary, or None if no such event was accepted."""
+    row = conn.execute(select(events).where(events.c.event_id == event_id)).one_or_none()
+    if row is None:
+        return None
+    return EventSummary(
+        event_id=row.event_id,
+        event_type=row.event_type,
+        accepted_at=as_utc(row.accepted_at),
+        fanout_done=row.fanout_done_at is not None,
+        recipients_total=row.recipients_total or 0,
+    )
+
+
+def list_rejections(conn: Connection, limit: int = 50) -> list[Rejection]:
+    """The most recent rejected payloads, newest first."""
+    rows = conn.execute(
+        select(intake).where(intake.c.outcome == IntakeOutcome.REJECTED.value).order_by(intake.c.id.desc()).limit(limit)
+    )
+    return [
+        Rejection(
+            id=row.id,
+            event_id=row.event_id,
+            event_type=row.event_type,
+            reason=row.reason or "",
+            size_bytes=row.size_bytes,
+            excerpt=row.excerpt,
+            received_at=as_utc(row.received_at),
+        )
+        for row in rows
+    ]
+
+
+def intake_counts(conn: Connection, event_id: str) -> dict[str, int]:
+    """How many payloads with this event_id were accepted, duplicate or rejected."""
+    rows = conn.execute(
+        select(intake.c.outcome, func.count()).where(intake.c.event_id == event_id).group_by(intake.c.outcome)
+    )
+    return {outcome: count for outcome, count in rows}

@@ -1,0 +1,230 @@
+"""Deliveries and the ledger: idempotency claims before a send, one evidence row per attempt.
+
+``deliveries`` holds one row per idempotency key ``(event_id, recipient_ref, channel, step)``
+and its current status, which only moves forward. ``ledger`` is append-only: one row per
+attempt, written in the same transaction as the status move, so the two never disagree.
+
+A claim is a guarded UPDATE: only keys that are pending, retrying, or "sending" under an
+expired lease (or under this very message, redelivered after its worker died) can be
+claimed. A redelivered batch therefore skips everything already delivered, and re-sends only
+what was claimed but never recorded: the duplicates are bounded by the batches in flight.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, select, text, update
+
+from channels.base import DeliveryKey, Receipt
+from worker.clock import utcnow
+from worker.errors import DeliveryError, PermanentDeliveryError
+from worker.statuses import TERMINAL, DeliveryStatus, statuses_before
+from worker.store.dialect import insert_ignoring_conflicts
+from worker.store.schema import deliveries, ledger
+
+
+def open_deliveries(
+    conn: Connection,
+    event_id: str,
+    channel: str,
+    refs: Sequence[str],
+    *,
+    step: int = 0,
+    failures: dict[str, DeliveryError] | None = None,
+) -> list[str]:
+    """Create the delivery rows of one channel for a page of recipients.
+
+    Recipients in ``failures`` (no usable contact) are recorded at once as failed, with a
+    ledger row saying why; the refs returned are those that still need sending.
+    """
+    failures = failures or {}
+    now = utcnow()
+    rows = [
+        {
+            "event_id": event_id,
+            "recipient_ref": ref,
+            "channel": channel,
+            "step": step,
+            "status": DeliveryStatus.PENDING.value,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for ref in refs
+    ]
+    insert_ignoring_conflicts(conn, deliveries, rows, "event_id", "recipient_ref", "channel", "step")
+    if failures:
+        record(
+            conn,
+            [Receipt.failed(DeliveryKey(event_id, ref, channel, step), error) for ref, error in failures.items()],
+            attempts={ref: 0 for ref in failures},
+        )
+    return [ref for ref in refs if ref not in failures]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The keys one delivery message may send now, and those another worker still holds."""
+
+    attempts: dict[str, int]
+    busy: list[str]
+
+
+def claim(
+    conn: Connection,
+    event_id: str,
+    channel: str,
+    refs: Sequence[str],
+    *,
+    claimant: str,
+    lease: timedelta,
+    step: int = 0,
+) -> Claim:
+    """Claim the keys of a batch before calling the provider (see the module docstring)."""
+    now = utcnow()
+    sending = DeliveryStatus.SENDING.value
+    stmt = (
+        update(deliveries)
+        .where(
+            deliveries.c.event_id == event_id,
+            deliveries.c.channel == channel,
+            deliveries.c.step == step,
+            deliveries.c.recipient_ref.in_(list(refs)),
+            or_(
+                deliveries.c.status.in_([DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value]),
+                and_(
+                    deliveries.c.status == sending,
+                    or_(deliveries.c.lease_until < now, deliveries.c.claimed_by == claimant),
+                ),
+            ),
+        )
+        .values(
+            status=sending,
+            attempts=deliveries.c.attempts + 1,
+            claimed_by=claimant,
+            lease_until=now + lease,
+            updated_at=now,
+        )
+        .returning(deliveries.c.recipient_ref, deliveries.c.attempts)
+    )
+    attempts = {ref: attempt for ref, attempt in conn.execute(stmt)}
+    unclaimed = [ref for ref in refs if ref not in attempts]
+    busy: list[str] = []
+    if unclaimed:
+        rows = conn.execute(
+            select(deliveries.c.recipient_ref).where(
+                deliveries.c.event_id == event_id,
+                deliveries.c.channel == channel,
+                deliveries.c.step == step,
+                deliveries.c.recipient_ref.in_(unclaimed),
+                deliveries.c.status == sending,
+            )
+        )
+        busy = [ref for (ref,) in rows]
+    return Claim(attempts=attempts, busy=busy)
+
+
+def record(conn: Connection, receipts: Sequence[Receipt], attempts: dict[str, int]) -> None:
+    """Append a ledger row per receipt and move each delivery's status forward, never back."""
+    if not receipts:
+        return
+    now = utcnow()
+    ledger_rows: list[dict[str, Any]] = []
+    by_status: dict[DeliveryStatus, list[dict[str, Any]]] = defaultdict(list)
+    for receipt in receipts:
+        key, error = receipt.key, receipt.error
+        fields = {
+            "provider_message_id": receipt.provider_message_id,
+            "error_class": error.kind if error else None,
+            "error_code": error.code if error else None,
+            "reason": error.message if error else None,
+        }
+        ledger_rows.append(
+            {
+                "event_id": key.event_id,
+                "recipient_ref": key.recipient_ref,
+                "channel": key.channel,
+                "step": key.step,
+                "attempt": attempts.get(key.recipient_ref, 0),
+                "status": receipt.status.value,
+                "tries": receipt.tries,
+                "recorded_at": now,
+                **fields,
+            }
+        )
+        by_status[receipt.status].append(
+            {
+                "k_event": key.event_id,
+                "k_ref": key.recipient_ref,
+                "k_channel": key.channel,
+                "k_step": key.step,
+                "updated_at": now,
+                **fields,
+            }
+        )
+    conn.execute(ledger.insert(), ledger_rows)
+    for status, params in by_status.items():
+        stmt = (
+            update(deliveries)
+            .where(
+                deliveries.c.event_id == bindparam("k_event"),
+                deliveries.c.recipient_ref == bindparam("k_ref"),
+                deliveries.c.channel == bindparam("k_channel"),
+                deliveries.c.step == bindparam("k_step"),
+                _status_in(statuses_before(status)),
+            )
+            .values(status=status.value, claimed_by=None, lease_until=None)
+        )
+        conn.execute(stmt, params)
+
+
+def _status_in(statuses: Iterable[DeliveryStatus]) -> ColumnElement[bool]:
+    """``status IN (...)`` with the values inlined: executemany() cannot expand an IN list.
+
+    Safe to inline because the values are herald's own enum constants, never user input.
+    """
+    return text("deliveries.status IN (" + ", ".join(f"'{s.value}'" for s in statuses) + ")")  # type: ignore[return-value]
+
+
+def exhaust(conn: Connection, event_id: str, channel: str, refs: Sequence[str], reason: str, step: int = 0) -> int:
+    """Give up on a batch's unfinished keys after the last retry: each becomes failed."""
+    rows = conn.execute(
+        select(deliveries.c.recipient_ref, deliveries.c.attempts).where(
+            deliveries.c.event_id == event_id,
+            deliveries.c.channel == channel,
+            deliveries.c.step == step,
+            deliveries.c.recipient_ref.in_(list(refs)),
+            deliveries.c.status.not_in([s.value for s in TERMINAL]),
+        )
+    ).all()
+    error = PermanentDeliveryError(reason, code="retries-exhausted")
+    record(
+        conn,
+        [Receipt.failed(DeliveryKey(event_id, ref, channel, step), error) for ref, _ in rows],
+        attempts={ref: attempt for ref, attempt in rows},
+    )
+    return len(rows)
+
+
+def outcome_counts(conn: Connection, event_id: str | None = None) -> dict[tuple[str, str], int]:
+    """Deliveries by (channel, status), for one event or all of them."""
+    stmt = select(deliveries.c.channel, deliveries.c.status, func.count()).group_by(
+        deliveries.c.channel, deliveries.c.status
+    )
+    if event_id is not None:
+        stmt = stmt.where(deliveries.c.event_id == event_id)
+    return {(channel, status): count for channel, status, count in conn.execute(stmt)}
+
+
+def unfinished_count(conn: Connection, event_ids: Iterable[str]) -> int:
+    """How many deliveries of these events are not yet in a terminal status."""
+    stmt = select(func.count()).where(
+        deliveries.c.event_id.in_(list(event_ids)),
+        deliveries.c.status.not_in([s.value for s in TERMINAL]),
+    )
+    return int(conn.execute(stmt).scalar_one())

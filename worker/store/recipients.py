@@ -1,0 +1,154 @@
+"""The recipients table: the only place contact details live.
+
+Everybody in an audience gets a row and a random pseudonymous ``ref``; every other table
+names people by that ref, so erasing a row here erases the person's contacts everywhere.
+"""
+
+from __future__ import annotations
+
+import csv
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from channels.base import Recipient
+from worker.clock import utcnow
+from worker.contacts import check_email, check_phone
+from worker.events import RecipientIn
+from worker.store.dialect import insert_ignoring_conflicts, upsert
+from worker.store.schema import recipients
+
+CSV_COLUMNS = ("user_id", "name", "email", "phone", "locale")
+
+
+@dataclass(frozen=True, slots=True)
+class ContactProblems:
+    """Per user: why a given email or phone could not be used."""
+
+    email: dict[str, str] = field(default_factory=dict)
+    phone: dict[str, str] = field(default_factory=dict)
+
+
+def _row(person: RecipientIn, problems: ContactProblems) -> dict[str, Any]:
+    now = utcnow()
+    email = check_email(person.email) if person.email else None
+    phone = check_phone(person.phone) if person.phone else None
+    if email is not None and email.problem:
+        problems.email[person.user_id] = email.problem
+    if phone is not None and phone.problem:
+        problems.phone[person.user_id] = phone.problem
+    return {
+        "ref": uuid.uuid4().hex,
+        "user_id": person.user_id,
+        "name": person.name,
+        "email": email.value if email else None,
+        "phone": phone.value if phone else None,
+        "locale": person.locale,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def upsert_people(conn: Connection, people: Sequence[RecipientIn]) -> tuple[dict[str, str], ContactProblems]:
+    """Store or refresh people given inline; returns user_id → ref and any contact problems."""
+    problems = ContactProblems()
+    rows = {person.user_id: _row(person, problems) for person in people}
+    upsert(conn, recipients, list(rows.values()), "user_id", ["name", "email", "phone", "locale", "updated_at"])
+    return refs_for(conn, list(rows)), problems
+
+
+def ensure_users(conn: Connection, user_ids: Sequence[str]) -> dict[str, str]:
+    """Refs for users named by id; an unknown user gets a row without contacts."""
+    now = utcnow()
+    rows = [
+        {"ref": uuid.uuid4().hex, "user_id": uid, "name": "", "locale": "en", "created_at": now, "updated_at": now}
+        for uid in dict.fromkeys(user_ids)
+    ]
+    insert_ignoring_conflicts(conn, recipients, rows, "user_id")
+    return refs_for(conn, list(dict.fromkeys(user_ids)))
+
+
+def refs_for(conn: Connection, user_ids: Sequence[str]) -> dict[str, str]:
+    """Map user ids to their refs."""
+    if not user_ids:
+        return {}
+    rows = conn.execute(select(recipients.c.user_id, recipients.c.ref).where(recipients.c.user_id.in_(user_ids)))
+    return {user_id: ref for user_id, ref in rows}
+
+
+def page_all(conn: Connection, after_ref: str, limit: int) -> list[str]:
+    """The next page of every recipient's ref, in ref order (keyset pagination)."""
+    rows = conn.execute(
+        select(recipients.c.ref).where(recipients.c.ref > after_ref).order_by(recipients.c.ref).limit(limit)
+    )
+    return [ref for (ref,) in rows]
+
+
+def load(conn: Connection, refs: Iterable[str]) -> dict[str, Recipient]:
+    """The recipients with these refs, with their contacts."""
+    refs = list(refs)
+    if not refs:
+        return {}
+    rows = conn.execute(select(recipients).where(recipients.c.ref.in_(refs)))
+    return {
+        row.ref: Recipient(
+            ref=row.ref, user_id=row.user_id, name=row.name, email=row.email, phone=row.phone, locale=row.locale
+        )
+        for row in rows
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """What `herald recipients import` did."""
+
+    imported: int
+    problems: list[str]
+
+
+def import_csv(conn: Connection, path: Path, chunk: int = 1_000) -> ImportResult:
+    """Load recipients from a CSV with a header row (user_id,name,email,phone,locale).
+
+    Rows with an unusable contact are imported without it and listed in ``problems``;
+    rows without a user_id are skipped and listed.
+
+    Raises:
+        ValueError: the header lacks a ``user_id`` column.
+    """
+    imported, messages, batch = 0, [], []
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or "user_id" not in reader.fieldnames:
+            raise ValueError(f"{path.name}: the header must include user_id (columns: {', '.join(CSV_COLUMNS)})")
+        for line, raw in enumerate(reader, start=2):
+            values = {k: (raw.get(k) or "").strip() for k in CSV_COLUMNS}
+            try:
+                person = RecipientIn(
+                    user_id=values["user_id"],
+                    name=values["name"],
+                    email=values["email"] or None,
+                    phone=values["phone"] or None,
+                    locale=values["locale"] or "en",
+                )
+            except ValueError as exc:
+                messages.append(f"line {line}: skipped: {str(exc).splitlines()[0]}")
+                continue
+            batch.append(person)
+            if len(batch) >= chunk:
+                imported += _import_batch(conn, batch, messages)
+                batch = []
+    imported += _import_batch(conn, batch, messages)
+    return ImportResult(imported=imported, problems=messages)
+
+
+def _import_batch(conn: Connection, batch: list[RecipientIn], messages: list[str]) -> int:
+    if not batch:
+        return 0
+    _, problems = upsert_people(conn, batch)
+    for user_id, problem in {**problems.email, **problems.phone}.items():
+        messages.append(f"user {user_id}: {problem}")
+    return len({p.user_id for p in batch})

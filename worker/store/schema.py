@@ -1,0 +1,129 @@
+"""The database tables, as SQLAlchemy Core metadata; Alembic migrations follow this file.
+
+Contact details live only in ``recipients``; every other table names a person by the
+pseudonymous ``recipient_ref``, so that a retention purge can erase contacts without
+touching the evidence in ``ledger``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only auto-increments INTEGER PRIMARY KEY, so BigInteger falls back to Integer there.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+intake = Table(
+    "intake",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("event_id", String(128), nullable=True, index=True),
+    Column("outcome", String(16), nullable=False, index=True),  # accepted | duplicate | rejected
+    Column("reason", Text, nullable=True),
+    Column("event_type", String(64), nullable=True),
+    Column("source", String(300), nullable=True),
+    Column("size_bytes", Integer, nullable=False),
+    Column("excerpt", Text, nullable=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("event_id", String(128), primary_key=True),
+    Column("event_type", String(64), nullable=False),
+    Column("source", String(300), nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("accepted_at", DateTime(timezone=True), nullable=False),
+    Column("fanout_cursor", String(128), nullable=True),  # where the next audience page starts
+    Column("fanout_done_at", DateTime(timezone=True), nullable=True),
+    Column("recipients_total", Integer, nullable=True),
+)
+
+recipients = Table(
+    "recipients",
+    metadata,
+    Column("ref", String(32), primary_key=True),
+    Column("user_id", String(128), nullable=False, unique=True),
+    Column("name", String(200), nullable=False, default=""),
+    Column("email", String(320), nullable=True),
+    Column("phone", String(32), nullable=True),
+    Column("locale", String(35), nullable=False, default="en"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("event_id", String(128), nullable=False),
+    Column("recipient_ref", String(32), nullable=False),
+    Column("channel", String(32), nullable=False),
+    Column("step", Integer, nullable=False, default=0),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("claimed_by", String(64), nullable=True),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("provider_message_id", String(255), nullable=True),
+    Column("error_class", String(64), nullable=True),
+    Column("error_code", String(32), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("event_id", "recipient_ref", "channel", "step", name="uq_deliveries_key"),
+    Index("ix_deliveries_event_status", "event_id", "status"),
+    Index("ix_deliveries_provider_message_id", "provider_message_id"),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("event_id", String(128), nullable=False, index=True),
+    Column("recipient_ref", String(32), nullable=False, index=True),
+    Column("channel", String(32), nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("provider_message_id", String(255), nullable=True),
+    Column("error_class", String(64), nullable=True),
+    Column("error_code", String(32), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("tries", Integer, nullable=False, default=1),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+)
+
+letters = Table(
+    "letters",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("event_id", String(128), nullable=False),
+    Column("recipient_ref", String(32), nullable=False, index=True),
+    Column("locale", String(35), nullable=False),
+    Column("subject", String(300), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("read_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("event_id", "recipient_ref", name="uq_letters_event_recipient"),
+)
