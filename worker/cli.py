@@ -258,6 +258,13 @@ def demo(
         print(json.dumps(summary.as_dict(), indent=2))
         return
     out.print(outcome_table(summary.counts, title=f"Event {summary.event_id}: outcomes by channel and status"))
+    if summary.failures:
+        why = Table(title="Why deliveries failed")
+        for column in ("channel", "code", "count", "example reason"):
+            why.add_column(column, overflow="fold")
+        for channel, code, count, reason in summary.failures:
+            why.add_row(channel, code, str(count), reason)
+        out.print(why)
     out.print(
         f"{summary.recipients} recipients, {summary.emails_received} emails received by the local SMTP sink, "
         f"{summary.letters} station letters, {summary.ledger_rows} ledger rows, {summary.seconds:.1f} s",

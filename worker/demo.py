@@ -30,7 +30,7 @@ from worker.errors import HeraldError
 from worker.store.engine import make_engine, migrate
 from worker.store.inbox import letter_count
 from worker.store.intake import event_summary, list_rejections
-from worker.store.ledger import outcome_counts, unfinished_count
+from worker.store.ledger import failure_reasons, outcome_counts, unfinished_count
 from worker.store.schema import ledger
 
 _NAMES = ("Alex Chen", "Maria Garcia", "李娜", "王伟", "Sam O'Neil", "Priya Patel", "张敏", "Jonas Berg")
@@ -47,6 +47,7 @@ class DemoSummary:
     letters: int
     ledger_rows: int
     seconds: float
+    failures: list[tuple[str, str, int, str]]
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as plain JSON-able data."""
@@ -61,6 +62,10 @@ class DemoSummary:
             "station_letters": self.letters,
             "ledger_rows": self.ledger_rows,
             "seconds": round(self.seconds, 2),
+            "failures": [
+                {"channel": channel, "code": code, "count": count, "example": reason}
+                for channel, code, count, reason in self.failures
+            ],
         }
 
 
@@ -200,6 +205,7 @@ def run_demo(
             counts = outcome_counts(conn, event_id)
             letters = letter_count(conn, event_id)
             rows = int(conn.execute(select(func.count()).where(ledger.c.event_id == event_id)).scalar_one())
+            failures = failure_reasons(conn, event_id)
         return DemoSummary(
             event_id=event_id,
             recipients=recipients,
@@ -208,6 +214,7 @@ def run_demo(
             letters=letters,
             ledger_rows=rows,
             seconds=seconds,
+            failures=failures,
         )
     finally:
         if workers.poll() is None:

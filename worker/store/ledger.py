@@ -228,3 +228,14 @@ def unfinished_count(conn: Connection, event_ids: Iterable[str]) -> int:
         deliveries.c.status.not_in([s.value for s in TERMINAL]),
     )
     return int(conn.execute(stmt).scalar_one())
+
+
+def failure_reasons(conn: Connection, event_id: str) -> list[tuple[str, str, int, str]]:
+    """Failed deliveries of an event grouped by (channel, error code), with a sample reason."""
+    stmt = (
+        select(deliveries.c.channel, deliveries.c.error_code, func.count(), func.min(deliveries.c.reason))
+        .where(deliveries.c.event_id == event_id, deliveries.c.status == DeliveryStatus.FAILED.value)
+        .group_by(deliveries.c.channel, deliveries.c.error_code)
+        .order_by(deliveries.c.channel, func.count().desc())
+    )
+    return [(channel, code or "-", count, reason or "") for channel, code, count, reason in conn.execute(stmt)]
