@@ -87,9 +87,7 @@ def smtp_sink() -> Iterator[SmtpSink]:
 
 
 @pytest.fixture
-def make_settings(
-    tmp_path: Path, redis_url: str, database_url: str, smtp_sink: SmtpSink
-) -> Callable[..., Settings]:
+def make_settings(tmp_path: Path, redis_url: str, database_url: str, smtp_sink: SmtpSink) -> Callable[..., Settings]:
     """Settings pointing at this test's services; keyword arguments override any field."""
 
     def build(**overrides: Any) -> Settings:

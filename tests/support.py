@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -36,7 +36,7 @@ def people(count: int, *, prefix: str = "u", domain: str = "example.com") -> lis
 
 def incident(recipients: list[dict[str, Any]] | None = None, **data: Any) -> dict[str, Any]:
     """A complete security-incident event; keyword arguments override fields of ``data``."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     body: dict[str, Any] = {
         "incident_id": "INC-1",
         "severity": "high",
@@ -73,9 +73,7 @@ class Pipeline:
         self.worker.start()
         return self
 
-    def __exit__(
-        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None) -> None:
         self.worker.stop()
         self.actors.runtime.close()
         self.broker.close()

@@ -113,8 +113,7 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
             if outcome.unfinished:
                 # Raising hands the batch to dramatiq's Retries; what was sent is skipped next time.
                 raise TransientDeliveryError(
-                    f"{outcome.unfinished} of {len(refs)} {channel} deliveries for event {event_id} "
-                    "will be retried"
+                    f"{outcome.unfinished} of {len(refs)} {channel} deliveries for event {event_id} will be retried"
                 )
 
         deliver.__name__ = f"deliver_{channel}"
@@ -129,25 +128,27 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
         exhaust_batch(runtime, args[0], channel, args[1], step=int(args[2]) if len(args) > 2 else 0)
 
     ingest_actor = dramatiq.actor(
-        ingest, actor_name=INGEST_ACTOR, queue_name=INGEST_QUEUE, broker=broker, throws=(InvalidEvent,),
+        actor_name=INGEST_ACTOR,
+        queue_name=INGEST_QUEUE,
+        broker=broker,
+        throws=(InvalidEvent,),
         **retry_options,
-    )
-    fanout_actor = dramatiq.actor(fanout, actor_name="fanout", queue_name=FANOUT_QUEUE, broker=broker, **retry_options)
+    )(ingest)
+    fanout_actor = dramatiq.actor(actor_name="fanout", queue_name=FANOUT_QUEUE, broker=broker, **retry_options)(fanout)
     exhausted_actor = dramatiq.actor(
-        exhausted, actor_name="delivery_exhausted", queue_name=CONTROL_QUEUE, broker=broker, **retry_options
-    )
+        actor_name="delivery_exhausted", queue_name=CONTROL_QUEUE, broker=broker, **retry_options
+    )(exhausted)
     deliver_actors: dict[str, dramatiq.Actor[Any, Any]] = {}
     channel_of: dict[str, str] = {}
     for channel in settings.channels:
         name = f"deliver_{channel}"
         deliver_actors[channel] = dramatiq.actor(
-            make_deliver(channel),
             actor_name=name,
             queue_name=delivery_queue(channel),
             broker=broker,
             throws=(PermanentDeliveryError,),
             on_retry_exhausted="delivery_exhausted",
             **retry_options,
-        )
+        )(make_deliver(channel))
         channel_of[name] = channel
     return Actors(ingest_actor, fanout_actor, deliver_actors, exhausted_actor, runtime)

@@ -44,7 +44,7 @@ def build_broker(settings: Settings) -> RedisBroker:
         BrokerUnavailable: the embedded Redis could not be started.
     """
     middleware = [m() for m in default_middleware] + [CurrentMessage()]
-    return RedisBroker(
+    return RedisBroker(  # type: ignore[no-untyped-call]
         url=broker_url(settings),
         namespace=settings.broker_namespace,
         middleware=middleware,

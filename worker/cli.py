@@ -80,7 +80,16 @@ def worker(
     """Run dramatiq workers for every herald queue until interrupted."""
     settings = _settings()
     _engine(settings)
-    args = [sys.executable, "-m", "dramatiq", "worker.app", "--processes", str(processes), "--threads", str(threads)]
+    args = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "worker.app",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+    ]
     if queues:
         args += ["--queues", *queues]
     # dramatiq's own supervisor takes over this process: signals, restarts and logs are its job.
@@ -237,7 +246,9 @@ def recipients_import(
 
 @app.command()
 def demo(
-    recipients: Annotated[int, typer.Option("--recipients", "-n", min=1, max=100_000, help="Generated recipients.")] = 1_000,
+    recipients: Annotated[
+        int, typer.Option("--recipients", "-n", min=1, max=100_000, help="Generated recipients.")
+    ] = 1_000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     processes: Annotated[int, typer.Option("--processes", "-p", min=1)] = 2,
     threads: Annotated[int, typer.Option("--threads", "-t", min=1)] = 4,
@@ -249,7 +260,12 @@ def demo(
     settings = _settings()
     try:
         summary = run_demo(
-            settings, recipients=recipients, processes=processes, threads=threads, timeout=timeout, quiet=as_json,
+            settings,
+            recipients=recipients,
+            processes=processes,
+            threads=threads,
+            timeout=timeout,
+            quiet=as_json,
             console=err if as_json else out,
         )
     except HeraldError as exc:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-
-from pydantic import Field, SecretStr, field_validator
 from typing import Annotated
 
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Where the repository's ``templates/`` folder sits for an editable install.

@@ -100,7 +100,13 @@ def deliver_batch(
     )
     log.info(
         "event %s %s batch: %d sent, %d failed, %d to retry, %d held elsewhere, %d already done",
-        event_id, channel, outcome.sent, outcome.failed, outcome.retrying, outcome.busy, outcome.skipped,
+        event_id,
+        channel,
+        outcome.sent,
+        outcome.failed,
+        outcome.retrying,
+        outcome.busy,
+        outcome.skipped,
     )
     return outcome
 

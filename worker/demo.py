@@ -159,7 +159,16 @@ def run_demo(
     migrate(engine)
     broker = build_broker(demo_settings)
     workers = subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", "worker.app", "--processes", str(processes), "--threads", str(threads)],
+        [
+            sys.executable,
+            "-m",
+            "dramatiq",
+            "worker.app",
+            "--processes",
+            str(processes),
+            "--threads",
+            str(threads),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(data_dir / "worker.log", "wb"),  # noqa: SIM115 - closed with the process
@@ -182,7 +191,9 @@ def run_demo(
             task = progress.add_task("deliveries", total=expected)
             while True:
                 if workers.poll() is not None:
-                    raise HeraldError(f"the workers exited with code {workers.returncode}; see {data_dir / 'worker.log'}")
+                    raise HeraldError(
+                        f"the workers exited with code {workers.returncode}; see {data_dir / 'worker.log'}"
+                    )
                 if time.monotonic() - started > timeout:
                     raise HeraldError(f"not every delivery was terminal after {timeout:.0f} s; see herald events show")
                 with engine.connect() as conn:

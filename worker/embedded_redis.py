@@ -331,9 +331,7 @@ def _stop(registry: _Registry) -> None:
     if not _alive(registry.server_pid, registry.server_started):
         return
     deadline = time.monotonic() + _SAVE_TIMEOUT_S
-    client = redis.Redis(
-        unix_socket_path=registry.socket, socket_timeout=_SAVE_TIMEOUT_S, retry=Retry(NoBackoff(), 0)
-    )
+    client = redis.Redis(unix_socket_path=registry.socket, socket_timeout=_SAVE_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
     try:
         while True:
             try:
@@ -464,7 +462,5 @@ def _after_multiprocessing_fork(_token: _ForkToken) -> None:
 
 
 _FORK_TOKEN = _ForkToken()
-os.register_at_fork(
-    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
-)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 multiprocessing.util.register_after_fork(_FORK_TOKEN, _after_multiprocessing_fork)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Annotated, Any, Literal, Union
 
@@ -51,9 +51,16 @@ def _one_line(value: str) -> str:
     return " ".join(value.split())
 
 
-Text = Annotated[str, AfterValidator(_no_controls), StringConstraints(strip_whitespace=True, min_length=1, max_length=20_000)]
+Text = Annotated[
+    str,
+    AfterValidator(_no_controls),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=20_000),
+]
 Line = Annotated[str, AfterValidator(_one_line), StringConstraints(min_length=1, max_length=300)]
-Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$")]
+Identifier = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$"),
+]
 
 
 class _Model(BaseModel):
@@ -223,7 +230,7 @@ class PolicyChange(_Envelope):
     @model_validator(mode="after")
     def _week_ahead(self) -> PolicyChange:
         if self.data.substantial:
-            earliest = max(self.occurred_at, datetime.now(timezone.utc)) + SUBSTANTIAL_CHANGE_LEAD
+            earliest = max(self.occurred_at, datetime.now(UTC)) + SUBSTANTIAL_CHANGE_LEAD
             if self.data.effective_at < earliest:
                 raise ValueError(
                     "a substantial policy change needs at least 7 days' notice; "
@@ -247,7 +254,7 @@ class ServiceNotice(_Envelope):
 
 
 Event = Annotated[
-    Union[SecurityIncident, PolicyChange, AccountNotice, ServiceNotice],
+    SecurityIncident | PolicyChange | AccountNotice | ServiceNotice,
     Field(discriminator="type"),
 ]
 EVENT_TYPES = ("security_incident", "policy_change", "account_notice", "service_notice")
@@ -308,9 +315,7 @@ def validate_event(obj: dict[str, Any]) -> Event:
     kind = obj.get("type")
     if kind not in EVENT_TYPES:
         shown = json.dumps(kind)[:60] if kind is not None else "missing"
-        raise InvalidEvent(
-            f"unknown event type {shown}; expected one of {', '.join(EVENT_TYPES)}", event_id=event_id
-        )
+        raise InvalidEvent(f"unknown event type {shown}; expected one of {', '.join(EVENT_TYPES)}", event_id=event_id)
     try:
         return _EVENT_ADAPTER.validate_python(obj)
     except ValidationError as exc:

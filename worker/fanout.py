@@ -15,7 +15,6 @@ from sqlalchemy import Connection, Engine
 
 from channels import get_spec
 from channels.base import Recipient
-
 from worker.errors import DeliveryError, PermanentDeliveryError
 from worker.events import AllAudience, Event, InlineAudience, UserIdsAudience, audience_of
 from worker.store import ledger, recipients

@@ -50,7 +50,12 @@ def ingest(engine: Engine, payload: bytes | str | dict[str, Any], *, max_bytes: 
         with engine.begin() as conn:
             outcome = accept_event(conn, event, body_digest(obj), obj)
             record_intake(
-                conn, outcome, size_bytes=size, event_id=event.event_id, event_type=event.type, source=event.source
+                conn,
+                outcome,
+                size_bytes=size,
+                event_id=event.event_id,
+                event_type=event.type,
+                source=event.source,
             )
             cursor = fanout_cursor(conn, event.event_id)
     except InvalidEvent as exc:

@@ -276,8 +276,7 @@ class Renderer:
         unknown_types = [t for t in types if t not in EVENT_TYPES]
         if unknown_types:
             raise ConfigurationError(
-                f"unknown event type(s) {', '.join(map(repr, unknown_types))}; "
-                f"known: {', '.join(EVENT_TYPES)}"
+                f"unknown event type(s) {', '.join(map(repr, unknown_types))}; known: {', '.join(EVENT_TYPES)}"
             )
         unknown_channels = [c for c in chans if c not in CHANNEL_TEMPLATES]
         if unknown_channels:
@@ -314,6 +313,5 @@ class Renderer:
                 line = f" line {exc.lineno}" if isinstance(exc, jinja2.TemplateSyntaxError) else ""
                 message = " ".join(str(exc).split())
                 raise ConfigurationError(
-                    f"template {path}{line} fails on a sample {event_type} event: "
-                    f"{type(exc).__name__}: {message}"
+                    f"template {path}{line} fails on a sample {event_type} event: {type(exc).__name__}: {message}"
                 ) from exc

@@ -22,10 +22,17 @@ from worker.sandbox.smtp_sink import SmtpSink
 HERALD = str(Path(sys.executable).with_name("herald"))
 
 
-def run(args: list[str], env: dict[str, str], stdin: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], env: dict[str, str], stdin: bytes | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [HERALD, *args], env={**os.environ, **env}, input=stdin.decode() if stdin else None,
-        capture_output=True, text=True, timeout=120, cwd=cwd,
+        [HERALD, *args],
+        env={**os.environ, **env},
+        input=stdin.decode() if stdin else None,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
     )
 
 
@@ -135,7 +142,10 @@ def test_imported_recipients_are_reached_by_user_id(
         pipeline.wait_terminal([event["event_id"]])
         counts = pipeline.counts(event["event_id"])
     assert counts == {("email", "delivered"): 2, ("email", "failed"): 2, ("insite", "delivered"): 4}
-    assert sorted(a for m in smtp_sink.messages for a in m.rcpt_tos) == ["ann@example.com", "lilei@example.com"]
+    assert sorted(a for m in smtp_sink.messages for a in m.rcpt_tos) == [
+        "ann@example.com",
+        "lilei@example.com",
+    ]
 
 
 def test_a_producer_in_any_language_can_publish_with_plain_redis_commands(
@@ -171,7 +181,9 @@ def _redis_servers_for(data_dir: Path) -> list[psutil.Process]:
             if proc.info["status"] == psutil.STATUS_ZOMBIE:
                 continue
             text = " ".join(proc.info["cmdline"] or [])
-            if "redis-server" in text and (str(data_dir) in text or str(proc.info["cwd"] or "").startswith(str(data_dir))):
+            if "redis-server" in text and (
+                str(data_dir) in text or str(proc.info["cwd"] or "").startswith(str(data_dir))
+            ):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -198,7 +210,10 @@ def test_embedded_defaults_send_first_worker_later_then_nothing_left_running(
 
     worker = subprocess.Popen(
         [HERALD, "worker", "--processes", "1", "--threads", "2"],
-        env={**os.environ, **env}, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, **env},
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         start_new_session=True,
     )
     try:

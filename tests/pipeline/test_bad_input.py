@@ -40,9 +40,10 @@ def test_bad_payloads_are_rejected_with_reasons_and_valid_ones_still_delivered(
     unknown_type = {**incident(people(1, prefix="c")), "type": "alien_invasion"}
     huge = incident(people(1, prefix="d"), situation="x" * (2 * 1024 * 1024))
     injected = incident(
-        people(3, prefix="e"), title="Urgent\r\nBcc: attacker@evil.test\n{{ 7*7 }} {% if true %}yes{% endif %}"
+        people(3, prefix="e"),
+        title="Urgent\r\nBcc: attacker@evil.test\n{{ 7*7 }} {% if true %}yes{% endif %}",
     )
-    bad_address = incident(people(3, prefix="f") + [{"user_id": "f-bad", "email": "not an address", "locale": "en"}])
+    bad_address = incident([*people(3, prefix="f"), {"user_id": "f-bad", "email": "not an address", "locale": "en"}])
     conflict = copy.deepcopy(first)
     conflict["data"]["title"] = "A different title under the same id"
     valid = [first, injected, bad_address]

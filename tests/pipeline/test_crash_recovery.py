@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import select
-
 from support import Pipeline, incident, people
 
 from worker.config import Settings

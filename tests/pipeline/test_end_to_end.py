@@ -27,7 +27,10 @@ def test_incident_reaches_200_people_by_email_and_station_letter(
         pipeline.publish(event)
         pipeline.wait_terminal([event["event_id"]], timeout=120)
 
-        assert pipeline.counts(event["event_id"]) == {("email", "delivered"): 200, ("insite", "delivered"): 200}
+        assert pipeline.counts(event["event_id"]) == {
+            ("email", "delivered"): 200,
+            ("insite", "delivered"): 200,
+        }
         rows = pipeline.ledger_rows(event["event_id"])
         assert len(rows) == 400
         assert {row.status for row in rows} == {"delivered"}

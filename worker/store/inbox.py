@@ -31,7 +31,11 @@ def deliver_letters(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Put letters in inboxes; a letter already there for (event, recipient) stays as it is."""
     now = utcnow()
     insert_ignoring_conflicts(
-        conn, letters, [{**row, "created_at": now, "read_at": None} for row in rows], "event_id", "recipient_ref"
+        conn,
+        letters,
+        [{**row, "created_at": now, "read_at": None} for row in rows],
+        "event_id",
+        "recipient_ref",
     )
 
 

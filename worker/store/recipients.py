@@ -65,7 +65,14 @@ def ensure_users(conn: Connection, user_ids: Sequence[str]) -> dict[str, str]:
     """Refs for users named by id; an unknown user gets a row without contacts."""
     now = utcnow()
     rows = [
-        {"ref": uuid.uuid4().hex, "user_id": uid, "name": "", "locale": "en", "created_at": now, "updated_at": now}
+        {
+            "ref": uuid.uuid4().hex,
+            "user_id": uid,
+            "name": "",
+            "locale": "en",
+            "created_at": now,
+            "updated_at": now,
+        }
         for uid in dict.fromkeys(user_ids)
     ]
     insert_ignoring_conflicts(conn, recipients, rows, "user_id")
@@ -96,7 +103,12 @@ def load(conn: Connection, refs: Iterable[str]) -> dict[str, Recipient]:
     rows = conn.execute(select(recipients).where(recipients.c.ref.in_(refs)))
     return {
         row.ref: Recipient(
-            ref=row.ref, user_id=row.user_id, name=row.name, email=row.email, phone=row.phone, locale=row.locale
+            ref=row.ref,
+            user_id=row.user_id,
+            name=row.name,
+            email=row.email,
+            phone=row.phone,
+            locale=row.locale,
         )
         for row in rows
     }
