@@ -14,7 +14,7 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -110,7 +110,7 @@ class AllAudience(_Model):
     all: Literal[True]
 
 
-Audience = Union[InlineAudience, UserIdsAudience, AllAudience]
+Audience = InlineAudience | UserIdsAudience | AllAudience
 
 
 class SecurityIncidentData(_Model):
