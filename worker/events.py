@@ -21,8 +21,10 @@ from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StringConstraints,
+    Tag,
     TypeAdapter,
     ValidationError,
     field_validator,
@@ -46,6 +48,12 @@ def _no_controls(value: str) -> str:
     return _CONTROL.sub("", value)
 
 
+def _non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
 def _one_line(value: str) -> str:
     """Collapse any CR/LF or run of whitespace into a single space."""
     return " ".join(value.split())
@@ -53,14 +61,23 @@ def _one_line(value: str) -> str:
 
 Text = Annotated[
     str,
-    AfterValidator(_no_controls),
     StringConstraints(strip_whitespace=True, min_length=1, max_length=20_000),
+    AfterValidator(_no_controls),
+    AfterValidator(_non_blank),
 ]
-Line = Annotated[str, AfterValidator(_one_line), StringConstraints(min_length=1, max_length=300)]
-Identifier = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$"),
+Line = Annotated[
+    str, StringConstraints(min_length=1, max_length=300), AfterValidator(_one_line), AfterValidator(_non_blank)
 ]
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
+
+
+def _identifier(value: str) -> str:
+    if not _IDENTIFIER.match(value):
+        raise ValueError("must be 1-128 letters, digits or . _ : @ / - and start with a letter or digit")
+    return value
+
+
+Identifier = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_identifier)]
 
 
 class _Model(BaseModel):
@@ -110,7 +127,27 @@ class AllAudience(_Model):
     all: Literal[True]
 
 
-Audience = InlineAudience | UserIdsAudience | AllAudience
+def _audience_kind(value: Any) -> str | None:
+    """Pick the audience model by its key, so errors name the right fields and nothing else."""
+    if isinstance(value, dict):
+        for key in ("recipients", "user_ids", "all"):
+            if key in value:
+                return key
+        return None
+    kinds: dict[type, str] = {InlineAudience: "recipients", UserIdsAudience: "user_ids", AllAudience: "all"}
+    return kinds.get(type(value))
+
+
+Audience = Annotated[
+    Annotated[InlineAudience, Tag("recipients")]
+    | Annotated[UserIdsAudience, Tag("user_ids")]
+    | Annotated[AllAudience, Tag("all")],
+    Discriminator(
+        _audience_kind,
+        custom_error_type="audience",
+        custom_error_message='audience must be {"recipients": [...]}, {"user_ids": [...]} or {"all": true}',
+    ),
+]
 
 
 class SecurityIncidentData(_Model):
@@ -331,15 +368,23 @@ def parse_event(payload: bytes | str | dict[str, Any], *, max_bytes: int) -> Eve
     return validate_event(decode_payload(payload, max_bytes=max_bytes))
 
 
-def summarise(exc: ValidationError, limit: int = 4) -> str:
-    """Condense pydantic's errors into one line: ``field.path: message; ...``."""
-    parts = []
-    for error in exc.errors()[:limit]:
-        # The discriminator's own tag is noise in the path shown to a person.
-        loc = ".".join(str(p) for p in error["loc"] if p not in EVENT_TYPES) or "event"
-        msg = error["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}")
-    extra = exc.error_count() - limit
-    if extra > 0:
-        parts.append(f"and {extra} more")
+def summarise(exc: ValidationError, limit: int = 4, max_chars: int = 400) -> str:
+    """Condense pydantic's errors into one short line: ``field.path: message; ... and N more``."""
+    errors = exc.errors()
+    parts: list[str] = []
+    for error in errors[:limit]:
+        path = [str(p) for p in error["loc"] if p not in EVENT_TYPES]
+        # A tagged union repeats its tag in the path (audience.recipients.recipients.0); drop the echo.
+        path = [p for i, p in enumerate(path) if i == 0 or p != path[i - 1]]
+        loc = ".".join(_clip(p, 40) for p in path) or "event"
+        part = f"{loc}: {_clip(error['msg'].removeprefix('Value error, '), 160)}"
+        if parts and sum(len(p) + 2 for p in parts) + len(part) > max_chars - 20:
+            break
+        parts.append(part)
+    if len(errors) > len(parts):
+        parts.append(f"and {len(errors) - len(parts)} more")
     return _one_line("; ".join(parts))
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -112,7 +112,7 @@ def accept(payload: dict[str, Any] | bytes) -> Any:
 
 def assert_safe_reason(reason: str) -> None:
     assert "\n" not in reason and "\r" not in reason, reason
-    assert 0 < len(reason) < REASON_LIMIT, f"{len(reason)} chars: {reason[:2000]}"
+    assert 0 < len(reason) < REASON_LIMIT, f"{len(reason)} chars: {reason[:300]}..."
 
 
 def refuse(payload: dict[str, Any] | bytes | str, *, max_bytes: int = MAX_BYTES) -> InvalidEvent:
@@ -429,6 +429,11 @@ def test_policy_changes_with_enough_notice_are_accepted(substantial: bool, ahead
     event = accept(policy_change(substantial=substantial, effective_at=(_now() + ahead).isoformat()))
     assert isinstance(event, PolicyChange)
     assert event.data.substantial is substantial
+
+
+@pytest.mark.parametrize("summary", ["", "   ", "\n\t "])
+def test_a_policy_change_needs_a_summary(summary: str) -> None:
+    assert "data.summary" in refuse(policy_change(summary=summary)).reason
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/policy", "example.com/policy", "https://exa mple.com", ""])
