@@ -719,7 +719,7 @@ def write_json(path: Path, pairs: list[tuple[BaselineResult, HeraldResult]], arg
     data = {
         "when": datetime.now(timezone.utc).isoformat(),
         "host": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "args": {k: v for k, v in vars(args).items() if k not in ("json",)},
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"},
         "total_smtp_connections": args.processes * args.threads * args.smtp_connections,
         "summary": summary,
         "runs": runs,

@@ -22,7 +22,7 @@ _BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
 class Settings(BaseSettings):
     """All of herald's configuration; see the README for each variable."""
 
-    model_config = SettingsConfigDict(env_prefix="HERALD_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="HERALD_", extra="ignore", frozen=True, populate_by_name=True)
 
     # --- where things live -------------------------------------------------------------
     data_dir: Path = Field(Path(".herald"), description="Embedded Redis and SQLite live here.")
@@ -56,6 +56,22 @@ class Settings(BaseSettings):
     smtp_timeout_s: float = Field(10.0, gt=0)
     smtp_connections: int = Field(4, ge=1, le=64, description="Connections per worker thread.")
     smtp_tries: int = Field(3, ge=1, le=10, description="Tries inside one attempt (tenacity).")
+
+    # --- SMS and phone (Twilio, or any Twilio-compatible endpoint) -------------------
+    twilio_account_sid: str = Field("AC00000000000000000000000000000000", validation_alias="TWILIO_ACCOUNT_SID")
+    twilio_auth_token: SecretStr = Field(SecretStr("sandbox-auth-token"), validation_alias="TWILIO_AUTH_TOKEN")
+    twilio_from: str = Field("+15005550006", description="Sender number (E.164) for SMS and calls.")
+    twilio_messaging_service_sid: str = Field("", description="Send SMS through this service instead of From.")
+    twilio_base_url: str = Field("", description="Empty = Twilio itself; else a Twilio-compatible endpoint.")
+    twilio_timeout_s: float = Field(10.0, gt=0)
+    public_url: str = Field("http://127.0.0.1:8080", description="Where Twilio reaches `herald serve`.")
+    sms_max_segments: int = Field(3, ge=1, le=10)
+    sms_rate_per_second: float = Field(10.0, gt=0, description="SMS per second per sender, all workers together.")
+    phone_rate_per_second: float = Field(1.0, gt=0, description="Calls per second per sender, all workers together.")
+
+    # --- HTTP app (`herald serve`) -------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=1, le=65_535)
 
     @field_validator("broker_url")
     @classmethod

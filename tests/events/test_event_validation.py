@@ -10,7 +10,7 @@ import copy
 import json
 import re
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -42,7 +42,7 @@ REASON_LIMIT = 500
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _envelope(kind: str, data: dict[str, Any], **overrides: Any) -> dict[str, Any]:
@@ -537,16 +537,12 @@ def _very_bad_inputs() -> list[Any]:
     return [
         pytest.param(incident(broken_recipients), id="100-broken-recipients"),
         pytest.param(incident([{"user_id": f"-{i}"} for i in range(100)]), id="100-bad-user-ids"),
-        pytest.param(
-            incident(audience={"user_ids": ["bad id\n" * 20] * 100}), id="100-bad-user-ids-with-newlines"
-        ),
+        pytest.param(incident(audience={"user_ids": ["bad id\n" * 20] * 100}), id="100-bad-user-ids-with-newlines"),
         pytest.param(
             {"event_id": "x\n" * 200, "type": "security_incident", "occurred_at": "no", "source": "\n", "data": []},
             id="everything-wrong",
         ),
-        pytest.param(
-            incident(**{f"unknown_{i}\n\r": "x" for i in range(100)}), id="100-unknown-keys-with-newlines"
-        ),
+        pytest.param(incident(**{f"unknown_{i}\n\r": "x" for i in range(100)}), id="100-unknown-keys-with-newlines"),
         pytest.param(incident(title="t" * 10_000, severity="s" * 10_000), id="huge-values"),
         pytest.param(
             incident([{"user_id": "u1", "k" * 1_000: 1, "j" * 1_000: 2}]), id="recipients-with-long-unknown-keys"

@@ -135,8 +135,13 @@ def test_terminal_statuses() -> None:
 
 
 def test_the_database_applies_exactly_the_moves_can_move_allows(engine: Engine) -> None:
-    """record()'s guarded UPDATE, for every (old, new) pair, on this backend."""
-    pair_refs = {pair: f"p{i:02d}" for i, pair in enumerate(ALL_PAIRS)}
+    """record()'s guarded UPDATE, for every (old, new) pair, on this backend.
+
+    No receipt ever reports "pending" (channels return sent/delivered/retrying/failed), so
+    pairs ending in pending are left to the pure can_move table above.
+    """
+    pairs = [(old, new) for old, new in ALL_PAIRS if new is not S.PENDING]
+    pair_refs = {pair: f"p{i:02d}" for i, pair in enumerate(pairs)}
     with engine.begin() as conn:
         open_deliveries(conn, EVENT, EMAIL, list(pair_refs.values()))
         for (old, _new), ref in pair_refs.items():
@@ -145,7 +150,7 @@ def test_the_database_applies_exactly_the_moves_can_move_allows(engine: Engine) 
         record(conn, [Receipt(key=key(ref), status=new) for (_old, new), ref in pair_refs.items()], attempts={})
     with engine.connect() as conn:
         now = statuses(conn)
-        assert len(ledger_rows(conn)) == len(ALL_PAIRS)
+        assert len(ledger_rows(conn)) == len(pairs)
     wrong = {
         f"{old.value}->{new.value}": now[ref]
         for (old, new), ref in pair_refs.items()
@@ -188,7 +193,11 @@ def test_failures_passed_in_are_recorded_failed_with_a_ledger_row_each(engine: E
         for row in rows:
             error = failures[row.recipient_ref]
             assert (row.status, row.attempt, row.channel, row.step) == ("failed", 0, EMAIL, 0)
-            assert (row.error_class, row.error_code, row.reason) == ("PermanentDeliveryError", error.code, error.message)
+            assert (row.error_class, row.error_code, row.reason) == (
+                "PermanentDeliveryError",
+                error.code,
+                error.message,
+            )
         b = delivery(conn, "b")
         assert (b.error_code, b.reason) == ("no-contact", "no email on record")
         assert unfinished_count(conn, [EVENT]) == 2
@@ -468,7 +477,13 @@ def test_upsert_people_twice_updates_contacts_and_keeps_the_ref(engine: Engine) 
     assert (ann.email, ann.phone, ann.name, ann.locale) == ("ann@example.com", "+442079460958", "Ann", "en")
 
     second = [
-        {"user_id": "u1", "name": "Ann B.", "email": "Ann@NEW.EXAMPLE.COM", "phone": "+1 202-555-0100", "locale": "fr_FR"},
+        {
+            "user_id": "u1",
+            "name": "Ann B.",
+            "email": "Ann@NEW.EXAMPLE.COM",
+            "phone": "+1 202-555-0100",
+            "locale": "fr_FR",
+        },
     ]
     with engine.begin() as conn:
         again, problems = upsert_people(conn, _people(second))
@@ -579,7 +594,10 @@ def test_ledger_and_deliveries_never_hold_an_email_address_or_phone_number(engin
             }
             to_send = open_deliveries(conn, EVENT, channel, list(mapping.values()), failures=failures)
             got = claim(conn, EVENT, channel, to_send, claimant="m", lease=LEASE)
-            record(conn, [Receipt(key=key(r, channel), status=S.DELIVERED, provider_message_id="pm-1") for r in got.attempts], got.attempts)
+            receipts = [
+                Receipt(key=key(ref, channel), status=S.DELIVERED, provider_message_id="pm-1") for ref in got.attempts
+            ]
+            record(conn, receipts, got.attempts)
         exhaust(conn, EVENT, "email", list(mapping.values()), "retries exhausted")
     assert problems.email and problems.phone  # the scenario did exercise the problem paths
 
@@ -668,7 +686,7 @@ def test_import_csv_keeps_a_row_with_a_bad_email_without_the_email(engine: Engin
         "u2,Bob,bob at example dot com,,\n"
         "u3,Cat,cat@example.com,12345,zh-CN\n"
         ",Nobody,nobody@example.com,,\n"
-        "u4,\"Dee, Jr.\",,,\n",
+        'u4,"Dee, Jr.",,,\n',
     )
     with engine.begin() as conn:
         result = import_csv(conn, csv_path)
@@ -684,7 +702,11 @@ def test_import_csv_keeps_a_row_with_a_bad_email_without_the_email(engine: Engin
         loaded = {p.user_id: p for p in load(conn, mapping.values()).values()}
         total = len(list(conn.execute(select(recipients.c.ref))))
     assert total == 4
-    assert (loaded["u1"].email, loaded["u1"].phone, loaded["u1"].locale) == ("ann@example.com", "+442079460958", "en-GB")
+    assert (loaded["u1"].email, loaded["u1"].phone, loaded["u1"].locale) == (
+        "ann@example.com",
+        "+442079460958",
+        "en-GB",
+    )
     assert (loaded["u2"].name, loaded["u2"].email, loaded["u2"].locale) == ("Bob", None, "en")
     assert (loaded["u3"].email, loaded["u3"].phone) == ("cat@example.com", None)
     assert loaded["u4"].name == "Dee, Jr."
