@@ -169,6 +169,35 @@ class RssSampler(threading.Thread):
         return self.peaks
 
 
+def tree_cpu(pid: int | None, *, children: bool = True) -> float:
+    """CPU seconds (user + system) used so far by a process and, optionally, its descendants
+    (the embedded redis-server left out: it is counted on its own)."""
+    if pid is None:
+        return 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *(root.children(recursive=True) if children else [])]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            if proc is not root and "redis" in proc.name():
+                continue
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def redis_cpu(data_dir: Path) -> float:
+    """CPU seconds of the embedded redis-server of ``data_dir`` (it daemonises: found via its registry)."""
+    try:
+        pid = int(json.loads((data_dir / "redis.rdb.json").read_text())["server_pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+    return tree_cpu(pid, children=False)
+
+
 # --- the baseline --------------------------------------------------------------------------
 
 
@@ -179,6 +208,7 @@ class BaselineResult:
     errors: int
     connections: int
     seconds: float
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -249,13 +279,15 @@ def run_baseline(sink: SinkProcess, connections: int, event_obj: dict[str, Any],
     jobs = baseline_jobs(event_obj, from_header)
     envelope_from = parseaddr(from_header)[1]
     before = sink.count()
+    cpu_before = (tree_cpu(os.getpid(), children=False), tree_cpu(sink.pid))
     errors, seconds = asyncio.run(_baseline(sink.host, sink.port, connections, envelope_from, jobs))
+    cpu = {"client": tree_cpu(os.getpid(), children=False) - cpu_before[0], "sink": tree_cpu(sink.pid) - cpu_before[1]}
     received = sink.count() - before
     if received + errors != len(jobs):
         # sendmail returns after the 250 reply, so the sink has counted everything by now
         time.sleep(0.5)
         received = sink.count() - before
-    return BaselineResult(len(jobs), received, errors, connections, seconds)
+    return BaselineResult(len(jobs), received, errors, connections, seconds, cpu)
 
 
 # --- the herald run ------------------------------------------------------------------------
@@ -272,6 +304,8 @@ class HeraldResult:
     smtp_sessions: int
     rss: RssPeaks
     settings: dict[str, Any]
+    cpu: dict[str, float] = field(default_factory=dict)
+    marks: dict[str, float] = field(default_factory=dict)
 
     @property
     def email_rate(self) -> float:
@@ -368,20 +402,26 @@ def _wait_terminal(
     workers: subprocess.Popen[bytes],
     log: Path,
     timeout: float,
-) -> tuple[float, float]:
+) -> dict[str, float]:
     """Poll until the event's fan-out is done and every delivery is terminal.
 
-    Returns (seconds until all terminal, seconds until the sink had every email).
+    Returns when things happened, in seconds after ``started``: ``accepted`` (ingest stored the
+    event), ``first_email`` (the sink got one), ``fanout_done``, ``last_email`` (the sink had them
+    all) and ``done`` (every delivery terminal). Sink marks are polled every 50 ms, the
+    database every 200 ms.
     """
     from worker.store.intake import event_summary, list_rejections
     from worker.store.ledger import unfinished_count
 
-    email_seconds = 0.0
+    marks: dict[str, float] = {}
     next_db = 0.0
     while True:
         now = time.perf_counter()
-        if not email_seconds and sink.count() - sink_before >= expected_emails:
-            email_seconds = now - started
+        received = sink.count() - sink_before
+        if received and "first_email" not in marks:
+            marks["first_email"] = now - started
+        if received >= expected_emails and "last_email" not in marks:
+            marks["last_email"] = now - started
         if now >= next_db:
             next_db = now + 0.2
             with engine.connect() as conn:
@@ -390,9 +430,14 @@ def _wait_terminal(
                     rejected = [r for r in list_rejections(conn, 5) if r.event_id == event_id]
                     if rejected:
                         raise BenchError(f"the event was rejected: {rejected[0].reason}")
-                elif summary.fanout_done and unfinished_count(conn, [event_id]) == 0:
-                    done = time.perf_counter() - started
-                    return done, email_seconds or done
+                else:
+                    marks.setdefault("accepted", now - started)
+                    if summary.fanout_done:
+                        marks.setdefault("fanout_done", now - started)
+                        if unfinished_count(conn, [event_id]) == 0:
+                            marks["done"] = time.perf_counter() - started
+                            marks.setdefault("last_email", marks["done"])
+                            return marks
         if workers.poll() is not None:
             raise BenchError(f"the workers exited with code {workers.returncode}:\n{_tail(log)}")
         if now - started > timeout:
@@ -427,14 +472,6 @@ def _stop_profiler(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _reap_children() -> None:
-    """Collect exited children of the bench (the embedded redis-server after SHUTDOWN)."""
-    for child in psutil.Process().children():
-        with contextlib.suppress(psutil.Error):
-            if child.status() == psutil.STATUS_ZOMBIE:
-                child.wait(0)
 
 
 def _drop_namespace(url: str, namespace: str) -> None:
@@ -518,12 +555,17 @@ def run_herald(args: argparse.Namespace, sink: SinkProcess, event_obj: dict[str,
         if args.profile is not None:
             profiler = _start_profiler(args.profile, workers.pid, run)
         before, sessions_before = sink.counts()
+        cpu_before = {"workers": tree_cpu(workers.pid), "sink": tree_cpu(sink.pid), "redis": redis_cpu(data_dir),
+                      "bench": tree_cpu(os.getpid(), children=False)}
         started = time.perf_counter()
         publish(broker, ingest_message(event))
-        seconds, email_seconds = _wait_terminal(
+        marks = _wait_terminal(
             reader, event["event_id"], sink=sink, sink_before=before, expected_emails=recipients,
             started=started, workers=workers, log=log, timeout=args.timeout,
         )
+        cpu_after = {"workers": tree_cpu(workers.pid), "sink": tree_cpu(sink.pid), "redis": redis_cpu(data_dir),
+                     "bench": tree_cpu(os.getpid(), children=False)}
+        cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_before}
         if profiler is not None:
             _stop_profiler(profiler)
             profiler = None
@@ -545,12 +587,14 @@ def run_herald(args: argparse.Namespace, sink: SinkProcess, event_obj: dict[str,
         return HeraldResult(
             recipients=recipients,
             emails_received=received,
-            seconds=seconds,
-            email_seconds=email_seconds,
+            seconds=marks["done"],
+            email_seconds=marks["last_email"],
+            marks=marks,
             outcomes=outcomes,
             letters=letters,
             smtp_sessions=sessions,
             rss=rss,
+            cpu=cpu,
             settings={
                 "processes": args.processes,
                 "threads": args.threads,
@@ -574,7 +618,6 @@ def run_herald(args: argparse.Namespace, sink: SinkProcess, event_obj: dict[str,
             cleanup.append(broker.close)
         cleanup += [eng.dispose for eng in (reader, engine) if eng is not None]
         cleanup.append(shutdown_if_last)  # the bench was the last user of the embedded Redis: stop it
-        cleanup.append(_reap_children)
         if args.broker_url:
             cleanup.append(lambda: _drop_namespace(args.broker_url, namespace))
         for step in cleanup:
@@ -672,6 +715,15 @@ def report(pairs: list[tuple[BaselineResult, HeraldResult]], args: argparse.Name
         f"{ch}: " + " ".join(f"{s}={n:,}" for s, n in st.items()) for ch, st in pairs[-1][1].outcomes.items()
     )
     console.print(f"outcomes (last run): {outcome}; station letters: {pairs[-1][1].letters:,}")
+    b, h = pairs[-1]
+    console.print("timeline (last run, s after publish): " + ", ".join(f"{k} {v:.2f}" for k, v in h.marks.items()))
+    console.print(
+        "CPU seconds (last run; 2 cores = 2 s per s): baseline "
+        + ", ".join(f"{k} {v:.1f}" for k, v in b.cpu.items())
+        + f" in {b.seconds:.1f} s; herald "
+        + ", ".join(f"{k} {v:.1f}" for k, v in h.cpu.items())
+        + f" in {h.seconds:.1f} s"
+    )
 
     def verdict(ok: bool) -> str:
         return "[green]met[/]" if ok else "[red]NOT met[/]"
@@ -705,6 +757,8 @@ def write_json(path: Path, pairs: list[tuple[BaselineResult, HeraldResult]], arg
                     "outcomes": h.outcomes,
                     "letters": h.letters,
                     "smtp_sessions": h.smtp_sessions,
+                    "cpu_seconds": {k: round(v, 2) for k, v in h.cpu.items()},
+                    "timeline_seconds": {k: round(v, 2) for k, v in h.marks.items()},
                     "rss_samples": h.rss.samples,
                     "rss_peak_per_process_mb": {
                         str(pid): {"role": role, "mb": round(_mb(rss), 1)}

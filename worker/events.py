@@ -106,7 +106,11 @@ class RecipientIn(_Model):
     @classmethod
     def _locale_or_default(cls, value: str) -> str:
         # An unreadable locale falls back to English rather than losing the recipient.
-        return value.replace("_", "-") if _LOCALE.match(value or "") else "en"
+        if not _LOCALE.match(value or ""):
+            return "en"
+        value = value.replace("_", "-")
+        # A long but well-formed tag keeps its language; the column holds 35 characters.
+        return value if len(value) <= 35 else value.split("-")[0]
 
 
 class InlineAudience(_Model):

@@ -169,6 +169,9 @@ def record(conn: Connection, receipts: Sequence[Receipt], attempts: dict[str, in
         )
     conn.execute(ledger.insert(), ledger_rows)
     for status, params in by_status.items():
+        allowed = statuses_before(status)
+        if not allowed:
+            continue  # nothing ever moves back to pending
         stmt = (
             update(deliveries)
             .where(
@@ -176,7 +179,7 @@ def record(conn: Connection, receipts: Sequence[Receipt], attempts: dict[str, in
                 deliveries.c.recipient_ref == bindparam("k_ref"),
                 deliveries.c.channel == bindparam("k_channel"),
                 deliveries.c.step == bindparam("k_step"),
-                _status_in(statuses_before(status)),
+                _status_in(allowed),
             )
             .values(status=status.value, claimed_by=None, lease_until=None)
         )

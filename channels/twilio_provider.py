@@ -1,0 +1,183 @@
+"""The Twilio provider: one client per event loop, the error table, and the per-sender rate limit.
+
+The SMS and phone channels own what to say; this module owns how Twilio is spoken to.
+It is the one place where twilio's and aiohttp's exceptions become herald's
+``TransientDeliveryError`` / ``PermanentDeliveryError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client
+
+from worker.config import Settings
+from worker.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+
+T = TypeVar("T")
+
+# Twilio error codes that no retry can fix, with a message safe to log and show.
+PERMANENT_CODES: dict[int, str] = {
+    20003: "Twilio rejected the credentials",
+    20404: "Twilio resource not found",
+    21211: "invalid 'To' phone number",
+    21214: "'To' number cannot be reached",
+    21217: "phone number is not valid for calls",
+    21219: "'To' number not verified (trial account)",
+    21401: "invalid phone number",
+    21408: "sending to this region is not enabled",
+    21602: "message body is required",
+    21603: "'From' or MessagingServiceSid is required",
+    21604: "'To' number is required",
+    21606: "'From' number cannot send this message",
+    21610: "recipient has unsubscribed (replied STOP)",
+    21612: "'To' number cannot be reached from this sender",
+    21614: "'To' number is not a valid mobile number",
+    21215: "calls to this region are not enabled",
+    13224: "invalid phone number for a call",
+    13227: "calls to this destination are not permitted",
+    30003: "unreachable destination handset",
+    30004: "message blocked",
+    30005: "unknown destination handset",
+    30006: "landline or unreachable carrier",
+    30007: "message filtered by the carrier",
+    30008: "unknown delivery error",
+}
+# Codes that mean "later": rate limited or Twilio having trouble.
+TRANSIENT_CODES: dict[int, str] = {
+    20429: "Twilio rate limit (429)",
+    20500: "Twilio internal error",
+    20503: "Twilio service unavailable",
+    30001: "queue overflow at Twilio",
+}
+
+
+def map_twilio_error(exc: BaseException) -> DeliveryError:
+    """Translate a twilio, aiohttp or socket exception into herald's error tree."""
+    if isinstance(exc, DeliveryError):
+        return exc
+    if isinstance(exc, TwilioRestException | TwilioServiceException):
+        status = int(exc.status or 0)
+        code = int(exc.code) if exc.code else None
+        shown = str(code if code is not None else f"http-{status}")
+        if code in TRANSIENT_CODES:
+            return TransientDeliveryError(TRANSIENT_CODES[code], code=shown)
+        if code in PERMANENT_CODES:
+            return PermanentDeliveryError(PERMANENT_CODES[code], code=shown)
+        if status == 429 or status >= 500:
+            return TransientDeliveryError(f"Twilio answered HTTP {status}", code=shown)
+        return PermanentDeliveryError(f"Twilio refused the request (HTTP {status})", code=shown)
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return TransientDeliveryError("Twilio did not answer in time", code="timeout")
+    if isinstance(exc, aiohttp.ClientError | ConnectionError | OSError):
+        return TransientDeliveryError(f"cannot reach Twilio: {type(exc).__name__}", code="connection")
+    return TransientDeliveryError(f"unexpected error talking to Twilio: {type(exc).__name__}", code="unknown")
+
+
+def callback_error(status: str, error_code: str | None) -> PermanentDeliveryError:
+    """The error a failed delivery callback (undelivered, failed, busy, no-answer) stands for."""
+    if error_code and error_code.isdigit() and int(error_code) in PERMANENT_CODES:
+        return PermanentDeliveryError(f"{status}: {PERMANENT_CODES[int(error_code)]}", code=error_code)
+    return PermanentDeliveryError(f"provider reported {status}", code=error_code or status)
+
+
+class TwilioProvider:
+    """An async twilio client bound to the running loop, with tries and a rate limit around each call."""
+
+    def __init__(self, settings: Settings, *, rate_per_second: float, rate_key: str, retry_initial_s: float = 0.2):
+        self.settings = settings
+        self._client: Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._limiter = RateLimiter(settings, rate_key, rate_per_second)
+        self._retry_initial_s = retry_initial_s
+        # twilio logs full request parameters (numbers, bodies) at INFO; herald never does.
+        logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
+
+    async def client(self) -> Client:
+        """The client for the running loop; its aiohttp session must be created inside that loop."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            http = AsyncTwilioHttpClient(timeout=self.settings.twilio_timeout_s)
+            client = Client(
+                self.settings.twilio_account_sid,
+                self.settings.twilio_auth_token.get_secret_value(),
+                http_client=http,
+            )
+            if self.settings.twilio_base_url:
+                client.api.base_url = self.settings.twilio_base_url.rstrip("/")
+            self._client, self._loop = client, loop
+        return self._client
+
+    async def call(self, operation: Callable[[Client], Awaitable[T]]) -> tuple[T, int]:
+        """Run one Twilio request with the rate limit and short retries; returns (result, tries).
+
+        Raises:
+            DeliveryError: transient after the last try, or permanent at once.
+        """
+        client = await self.client()
+        tries = 0
+        while True:
+            tries += 1
+            await self._limiter.acquire()
+            try:
+                return await operation(client), tries
+            except Exception as exc:  # mapped right here, at the edge
+                error = map_twilio_error(exc)
+            if not error.transient or tries >= self.settings.smtp_tries:
+                raise error
+            await asyncio.sleep(self._retry_initial_s * 2 ** (tries - 1) + random.uniform(0, self._retry_initial_s))
+
+    async def aclose(self) -> None:
+        """Close the aiohttp session of the current client."""
+        if self._client is not None:
+            http: Any = self._client.http_client
+            await http.close()
+            self._client = None
+
+
+class RateLimiter:
+    """At most ``per_second`` requests per sender across every worker process (dramatiq's limiter on Redis).
+
+    A limit of N/s is cut into buckets of 1/N s holding one request each, so any sliding
+    second sees at most N+1 requests, and callers wait for a free bucket rather than fail.
+    """
+
+    def __init__(self, settings: Settings, key: str, per_second: float) -> None:
+        self.settings = settings
+        self.key = key
+        self.per_second = per_second
+        if per_second <= 100:
+            self.bucket_ms, self.limit = max(1, round(1000 / per_second)), 1
+        else:
+            self.bucket_ms, self.limit = 10, math.ceil(per_second / 100)
+        self._limiter: Any = None
+
+    def _get(self) -> Any:
+        if self._limiter is None:
+            import redis
+            from dramatiq.rate_limits import BucketRateLimiter
+            from dramatiq.rate_limits.backends import RedisBackend
+
+            from worker.broker import broker_url
+
+            client = redis.Redis.from_url(broker_url(self.settings))
+            backend = RedisBackend(client=client)
+            self._limiter = BucketRateLimiter(backend, self.key, limit=self.limit, bucket=self.bucket_ms)
+        return self._limiter
+
+    async def acquire(self) -> None:
+        """Wait until this process may make one more request."""
+        limiter = self._get()
+        while True:
+            with limiter.acquire(raise_on_failure=False) as acquired:
+                if acquired:
+                    return
+            await asyncio.sleep(self.bucket_ms / 1000 * random.uniform(0.3, 1.0))
