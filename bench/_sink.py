@@ -117,7 +117,5 @@ class SinkProcess:
     def __enter__(self) -> SinkProcess:
         return self.start()
 
-    def __exit__(
-        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None) -> None:
         self.stop()

@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import formataddr, formatdate, parseaddr
 from pathlib import Path
 from typing import Any
@@ -42,10 +42,9 @@ for _key in _STRAY_ENV:
     del os.environ[_key]
 
 import psutil  # noqa: E402
+from _sink import SinkProcess  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-
-from _sink import SinkProcess  # noqa: E402
 
 #: Targets from the issue.
 TARGET_RATIO = 0.5
@@ -79,7 +78,7 @@ def make_recipients(count: int, tag: str) -> list[dict[str, str]]:
 
 def make_event(count: int, tag: str) -> dict[str, Any]:
     """A security incident addressed inline to ``count`` recipients."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return {
         "event_id": f"bench-{tag}-{uuid.uuid4().hex[:8]}",
         "type": "security_incident",
@@ -360,10 +359,8 @@ def _stop_workers(workers: subprocess.Popen[bytes]) -> None:
     if workers.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             workers.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             workers.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
     # Anything left in the workers' session (a stuck worker process) goes too.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(workers.pid, signal.SIGKILL)
@@ -446,15 +443,28 @@ def _wait_terminal(
 
 
 def _start_profiler(folder: Path, main_pid: int, run: int) -> subprocess.Popen[bytes]:
-    """py-spy on the dramatiq main process and its worker processes, collapsed stacks."""
+    """py-spy on the dramatiq worker processes, collapsed stacks of the thread holding the GIL
+    (where each process's Python CPU goes)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         raise BenchError("--profile needs py-spy: pip install py-spy")
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / f"herald-run{run}-{datetime.now():%H%M%S}.txt"
     proc = subprocess.Popen(
-        [spy, "record", "--pid", str(main_pid), "--subprocesses", "--threads", "--rate", "200",
-         "--format", "raw", "--output", str(out)],
+        [
+            spy,
+            "record",
+            "--pid",
+            str(main_pid),
+            "--subprocesses",
+            "--gil",
+            "--rate",
+            "100",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=(folder / "py-spy.log").open("ab"),
         start_new_session=True,
@@ -527,8 +537,16 @@ def run_herald(args: argparse.Namespace, sink: SinkProcess, event_obj: dict[str,
         reader = _read_engine(settings.resolved_database_url)
         broker = build_broker(settings)  # starts (and joins) the embedded Redis when no URL is given
         workers = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "worker.app",
-             "--processes", str(args.processes), "--threads", str(args.threads)],
+            [
+                sys.executable,
+                "-m",
+                "dramatiq",
+                "worker.app",
+                "--processes",
+                str(args.processes),
+                "--threads",
+                str(args.threads),
+            ],
             env=env,
             cwd=str(REPO_DIR),
             stdout=subprocess.DEVNULL,
@@ -545,8 +563,15 @@ def run_herald(args: argparse.Namespace, sink: SinkProcess, event_obj: dict[str,
         started = time.perf_counter()
         publish(broker, ingest_message(warm))
         _wait_terminal(
-            reader, warm["event_id"], sink=sink, sink_before=before, expected_emails=args.warmup,
-            started=started, workers=workers, log=log, timeout=120,
+            reader,
+            warm["event_id"],
+            sink=sink,
+            sink_before=before,
+            expected_emails=args.warmup,
+            started=started,
+            workers=workers,
+            log=log,
+            timeout=120,
         )
         time.sleep(1.0)
 
@@ -555,16 +580,31 @@ def run_herald(args: argparse.Namespace, sink: SinkProcess, event_obj: dict[str,
         if args.profile is not None:
             profiler = _start_profiler(args.profile, workers.pid, run)
         before, sessions_before = sink.counts()
-        cpu_before = {"workers": tree_cpu(workers.pid), "sink": tree_cpu(sink.pid), "redis": redis_cpu(data_dir),
-                      "bench": tree_cpu(os.getpid(), children=False)}
+        cpu_before = {
+            "workers": tree_cpu(workers.pid),
+            "sink": tree_cpu(sink.pid),
+            "redis": redis_cpu(data_dir),
+            "bench": tree_cpu(os.getpid(), children=False),
+        }
         started = time.perf_counter()
         publish(broker, ingest_message(event))
         marks = _wait_terminal(
-            reader, event["event_id"], sink=sink, sink_before=before, expected_emails=recipients,
-            started=started, workers=workers, log=log, timeout=args.timeout,
+            reader,
+            event["event_id"],
+            sink=sink,
+            sink_before=before,
+            expected_emails=recipients,
+            started=started,
+            workers=workers,
+            log=log,
+            timeout=args.timeout,
         )
-        cpu_after = {"workers": tree_cpu(workers.pid), "sink": tree_cpu(sink.pid), "redis": redis_cpu(data_dir),
-                     "bench": tree_cpu(os.getpid(), children=False)}
+        cpu_after = {
+            "workers": tree_cpu(workers.pid),
+            "sink": tree_cpu(sink.pid),
+            "redis": redis_cpu(data_dir),
+            "bench": tree_cpu(os.getpid(), children=False),
+        }
         cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_before}
         if profiler is not None:
             _stop_profiler(profiler)
@@ -577,7 +617,8 @@ def run_herald(args: argparse.Namespace, sink: SinkProcess, event_obj: dict[str,
         with reader.connect() as conn:
             counts = outcome_counts(conn, event["event_id"])
             letters = letter_count(conn, event["event_id"])
-            rows = int(conn.execute(select(func.count()).where(deliveries.c.event_id == event["event_id"])).scalar_one())
+            count_rows = select(func.count()).where(deliveries.c.event_id == event["event_id"])
+            rows = int(conn.execute(count_rows).scalar_one())
         if rows != recipients * len(settings.channels):
             raise BenchError(f"expected {recipients * len(settings.channels)} deliveries, the ledger has {rows}")
         outcomes: dict[str, dict[str, int]] = {}
@@ -683,9 +724,19 @@ def report(pairs: list[tuple[BaselineResult, HeraldResult]], args: argparse.Name
         f"locale by herald's Renderer + channels.email.build_template, To/Message-ID spliced per recipient."
     )
     table = Table(title="runs", show_lines=False)
-    for column in ("run", "baseline msg/s", "herald email/s", "ratio", "herald total deliv./s",
-                   "pipeline s", "last email s", "emails recv.", "SMTP sessions", "worker RSS peak MB",
-                   "workers total peak MB"):
+    for column in (
+        "run",
+        "baseline msg/s",
+        "herald email/s",
+        "ratio",
+        "herald total deliv./s",
+        "pipeline s",
+        "last email s",
+        "emails recv.",
+        "SMTP sessions",
+        "worker RSS peak MB",
+        "workers total peak MB",
+    ):
         table.add_column(column, justify="right")
     for i, (b, h) in enumerate(pairs, 1):
         table.add_row(
@@ -740,8 +791,9 @@ def report(pairs: list[tuple[BaselineResult, HeraldResult]], args: argparse.Name
     )
 
 
-def write_json(path: Path, pairs: list[tuple[BaselineResult, HeraldResult]], args: argparse.Namespace,
-               summary: dict[str, Any]) -> None:
+def write_json(
+    path: Path, pairs: list[tuple[BaselineResult, HeraldResult]], args: argparse.Namespace, summary: dict[str, Any]
+) -> None:
     runs = []
     for b, h in pairs:
         runs.append(
@@ -771,7 +823,7 @@ def write_json(path: Path, pairs: list[tuple[BaselineResult, HeraldResult]], arg
             }
         )
     data = {
-        "when": datetime.now(timezone.utc).isoformat(),
+        "when": datetime.now(UTC).isoformat(),
         "host": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"},
         "total_smtp_connections": args.processes * args.threads * args.smtp_connections,
@@ -789,26 +841,50 @@ def write_json(path: Path, pairs: list[tuple[BaselineResult, HeraldResult]], arg
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from worker.config import Settings
+
+    defaults = {name: Settings.model_fields[name].default for name in ("smtp_connections", "batch_size", "page_size")}
     parser = argparse.ArgumentParser(prog="python bench/fanout.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipients", type=int, default=10_000)
     parser.add_argument("--processes", type=int, default=2, help="dramatiq worker processes")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker process")
-    parser.add_argument("--smtp-connections", type=int, default=4,
-                        help="HERALD_SMTP_CONNECTIONS (per worker thread); the baseline uses "
-                             "processes × threads × this many connections")
-    parser.add_argument("--batch-size", type=int, default=250, help="HERALD_BATCH_SIZE")
-    parser.add_argument("--page-size", type=int, default=500, help="HERALD_PAGE_SIZE")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="pairs of runs; baseline and herald alternate order, the median ratio is reported")
+    parser.add_argument(
+        "--smtp-connections",
+        type=int,
+        default=defaults["smtp_connections"],
+        help="HERALD_SMTP_CONNECTIONS, per worker thread (default: herald's, %(default)s); "
+        "the baseline uses processes × threads × this many connections",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults["batch_size"],
+        help="HERALD_BATCH_SIZE (default: herald's, %(default)s)",
+    )
+    parser.add_argument(
+        "--page-size", type=int, default=defaults["page_size"], help="HERALD_PAGE_SIZE (default: herald's, %(default)s)"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="pairs of runs; baseline and herald alternate order, the median ratio is reported",
+    )
     parser.add_argument("--warmup", type=int, default=20, help="recipients of the warm-up event")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one herald run may take")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="write results here (default bench/out/fanout-<time>.json)")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="write results here (default bench/out/fanout-<time>.json)"
+    )
     parser.add_argument("--database-url", default="", help="default: SQLite in a temp data dir")
     parser.add_argument("--broker-url", default="", help="default: embedded Redis in a temp data dir")
-    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                        help="record the worker processes with py-spy (pip install py-spy) during the "
-                             "measured run; collapsed stacks go to DIR (slows herald down a little)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="record the worker processes with py-spy (pip install py-spy) during the "
+        "measured run; collapsed stacks go to DIR (slows herald down a little)",
+    )
     parser.add_argument("--keep-failed", action="store_true", help="keep the data dir of a failed run")
     args = parser.parse_args(argv)
     for name in ("recipients", "processes", "threads", "smtp_connections", "repeat", "warmup"):
@@ -850,7 +926,9 @@ def main(argv: list[str] | None = None) -> int:
                 if step == "baseline":
                     console.print(f"run {run}: baseline …")
                     base = run_baseline(sink, connections, event_obj, from_header)
-                    console.print(f"run {run}: baseline {base.rate:,.0f} msg/s ({base.received:,} in {base.seconds:.2f} s)")
+                    console.print(
+                        f"run {run}: baseline {base.rate:,.0f} msg/s ({base.received:,} in {base.seconds:.2f} s)"
+                    )
                     if base.errors or base.received != base.messages:
                         raise BenchError(f"baseline: {base.errors} errors, {base.received} of {base.messages} received")
                 else:

@@ -14,6 +14,8 @@ from sqlalchemy import Engine
 from channels.base import Channel
 from channels.email import EmailChannel
 from channels.insite import InsiteChannel
+from channels.phone import PhoneChannel
+from channels.sms import SmsChannel
 from worker.config import Settings
 from worker.errors import ConfigurationError
 
@@ -34,6 +36,8 @@ REGISTRY: dict[str, ChannelSpec] = {
     for spec in (
         ChannelSpec("email", "email", lambda settings, _engine: EmailChannel(settings)),
         ChannelSpec("insite", None, lambda _settings, engine: InsiteChannel(engine)),
+        ChannelSpec("sms", "phone", lambda settings, _engine: SmsChannel(settings)),
+        ChannelSpec("phone", "phone", lambda settings, _engine: PhoneChannel(settings)),
     )
 }
 

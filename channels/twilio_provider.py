@@ -131,7 +131,7 @@ class TwilioProvider:
                 return await operation(client), tries
             except Exception as exc:  # mapped right here, at the edge
                 error = map_twilio_error(exc)
-            if not error.transient or tries >= self.settings.smtp_tries:
+            if not error.transient or tries >= self.settings.twilio_tries:
                 raise error
             await asyncio.sleep(self._retry_initial_s * 2 ** (tries - 1) + random.uniform(0, self._retry_initial_s))
 
@@ -170,7 +170,9 @@ class RateLimiter:
 
             client = redis.Redis.from_url(broker_url(self.settings))
             backend = RedisBackend(client=client)
-            self._limiter = BucketRateLimiter(backend, self.key, limit=self.limit, bucket=self.bucket_ms)
+            self._limiter = BucketRateLimiter(  # type: ignore[no-untyped-call]
+                backend, self.key, limit=self.limit, bucket=self.bucket_ms
+            )
         return self._limiter
 
     async def acquire(self) -> None:

@@ -289,6 +289,27 @@ def demo(
 
 
 @app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface (default HERALD_HTTP_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default HERALD_HTTP_PORT).")] = None,
+) -> None:
+    """Serve HTTP: Twilio status callbacks (signed), health."""
+    import uvicorn
+
+    from worker.http import create_app
+
+    settings = _settings()
+    engine = _engine(settings)
+    uvicorn.run(
+        create_app(settings, engine),
+        host=host or settings.http_host,
+        port=port or settings.http_port,
+        log_level="info",
+        access_log=False,
+    )
+
+
+@app.command()
 def sandbox(
     smtp_port: Annotated[int, typer.Option(help="SMTP sink port.")] = 8025,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",

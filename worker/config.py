@@ -64,8 +64,10 @@ class Settings(BaseSettings):
     twilio_messaging_service_sid: str = Field("", description="Send SMS through this service instead of From.")
     twilio_base_url: str = Field("", description="Empty = Twilio itself; else a Twilio-compatible endpoint.")
     twilio_timeout_s: float = Field(10.0, gt=0)
+    twilio_tries: int = Field(3, ge=1, le=10, description="Tries of one request inside one attempt.")
     public_url: str = Field("http://127.0.0.1:8080", description="Where Twilio reaches `herald serve`.")
     sms_max_segments: int = Field(3, ge=1, le=10)
+    details_url: str = Field("", description="Link that ends an SMS cut to fit, e.g. the site's inbox.")
     sms_rate_per_second: float = Field(10.0, gt=0, description="SMS per second per sender, all workers together.")
     phone_rate_per_second: float = Field(1.0, gt=0, description="Calls per second per sender, all workers together.")
 

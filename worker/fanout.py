@@ -17,6 +17,7 @@ from channels import get_spec
 from channels.base import Recipient
 from worker.errors import DeliveryError, PermanentDeliveryError
 from worker.events import AllAudience, Event, InlineAudience, UserIdsAudience, audience_of
+from worker.rendering import channel_covers
 from worker.store import ledger, recipients
 from worker.store.intake import advance_fanout, load_event
 
@@ -97,7 +98,7 @@ def plan_page(
         batches: list[Batch] = []
         failed = 0
         refs = list(people.values())
-        for channel in channels:
+        for channel in [c for c in channels if channel_covers(c, event.type)]:
             failures = _unreachable(channel, people, loaded, problems)
             failed += len(failures)
             to_send = ledger.open_deliveries(conn, event_id, channel, refs, failures=failures)

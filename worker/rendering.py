@@ -11,6 +11,13 @@ of names (``CHANNEL_TEMPLATES``). Three things matter here:
   result is cached per (event, channel, locale): a fan-out to thousands renders once.
 * **Start-up checks.** ``check()`` names every missing template and renders every template
   against a sample event, so a broken template stops the worker before the first incident.
+
+SMS and phone are text only. An SMS is cut to ``sms_max_segments`` with ``worker.sms.fit``
+(a link to the full notice replaces what is cut), and ``check()`` refuses an SMS template
+whose sample rendering is already longer than that. Only the event types in
+``CHANNEL_EVENT_TYPES`` have SMS and phone templates. Besides ``datetime`` and ``date``,
+templates get the filters ``squash`` (one line), ``clip(n)`` (cut between whole characters),
+``sentence`` (end with a full stop) and ``spoken_datetime(locale)`` (a time read aloud).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from worker.clock import as_utc
 from worker.errors import ConfigurationError
 from worker.events import EVENT_TYPES, Event
 from worker.samples import sample_event
+from worker.sms import clusters, fit, segments
 
 #: The locale every event type must have; the last resort of locale resolution.
 FALLBACK_LOCALE = "en"
@@ -42,9 +50,12 @@ MAX_SUBJECT_CHARS = 200
 
 
 class ChannelTemplates(NamedTuple):
-    """Template file names a channel renders: a subject, a plain text body, maybe HTML."""
+    """Template file names a channel renders: maybe a subject, a plain text body, maybe HTML.
 
-    subject: str
+    A channel without a subject template (SMS, phone) gets an empty ``Content.subject``.
+    """
+
+    subject: str | None
     text: str
     html: str | None = None
 
@@ -53,7 +64,20 @@ class ChannelTemplates(NamedTuple):
 CHANNEL_TEMPLATES: dict[str, ChannelTemplates] = {
     "email": ChannelTemplates("email_subject.txt", "email.txt", "email.html"),
     "insite": ChannelTemplates("insite_subject.txt", "insite.txt"),
+    "sms": ChannelTemplates(None, "sms.txt"),
+    "phone": ChannelTemplates(None, "phone.txt"),
 }
+
+#: The event types a channel has templates for, for channels that do not cover them all.
+#: ``check()`` skips every other (event type, channel) pair, and ``render()`` refuses it
+#: with a ``ConfigurationError``. A channel missing here covers every event type.
+CHANNEL_EVENT_TYPES: dict[str, frozenset[str]] = {
+    "sms": frozenset({"security_incident", "account_notice", "service_notice"}),
+    "phone": frozenset({"security_incident", "account_notice", "service_notice"}),
+}
+
+#: Default most segments an SMS may take (``HERALD_SMS_MAX_SEGMENTS``).
+DEFAULT_SMS_MAX_SEGMENTS = 3
 
 _CACHE_SIZE = 256
 _DIGEST_CACHE_SIZE = 64
@@ -75,6 +99,55 @@ def format_date(value: datetime | date) -> str:
 
 
 _WHITESPACE = re.compile(r"\s+")
+
+_MONTHS = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)  # fmt: skip
+_SENTENCE_ENDS = ".!?。！？…"
+
+
+def spoken_datetime(value: datetime | date, locale: str = FALLBACK_LOCALE) -> str:
+    """A UTC time as it reads aloud: ``November 23, 2026, at 14:05 UTC`` or
+    ``协调世界时2026年11月23日14点05分`` (``zh*`` locales)."""
+    moment = as_utc(value) if isinstance(value, datetime) else None
+    day = moment.date() if moment is not None else value
+    if _locale_key(locale).startswith("zh"):
+        spoken = f"{day.year}年{day.month}月{day.day}日"
+        return f"协调世界时{spoken}{moment.hour}点{moment.minute:02d}分" if moment is not None else spoken
+    spoken = f"{_MONTHS[day.month - 1]} {day.day}, {day.year}"
+    return f"{spoken}, at {moment:%H:%M} UTC" if moment is not None else spoken
+
+
+def squash(value: str) -> str:
+    """All whitespace, line breaks included, collapsed into single spaces: for SMS and speech."""
+    return _WHITESPACE.sub(" ", str(value)).strip()
+
+
+def clip(value: str, limit: int) -> str:
+    """``value`` cut to at most ``limit`` characters with an ellipsis, between whole characters
+    (never splitting a base character from its combining marks) and at a space if one is near."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    kept: list[str] = []
+    length = 0
+    for part in clusters(text):
+        if length + len(part) > limit - 1:
+            break
+        kept.append(part)
+        length += len(part)
+    body = "".join(kept)
+    space = body.rfind(" ", max(len(body) - 15, 0))
+    if space > 0:
+        body = body[:space]
+    return body.rstrip(" ,;:，、；：") + "…"
+
+
+def sentence(value: str, end: str = ".") -> str:
+    """``value`` ending with sentence punctuation, adding ``end`` if it has none."""
+    text = str(value).rstrip()
+    return text if not text or text[-1] in _SENTENCE_ENDS else text + end
 
 
 def one_line(value: str, limit: int = MAX_SUBJECT_CHARS) -> str:
@@ -99,14 +172,36 @@ def _locale_key(locale: str) -> str:
     return locale.strip().replace("_", "-").lower()
 
 
+def channel_covers(channel: str, event_type: str) -> bool:
+    """Whether ``channel`` has templates for ``event_type`` (see ``CHANNEL_EVENT_TYPES``)."""
+    covered = CHANNEL_EVENT_TYPES.get(channel)
+    return covered is None or event_type in covered
+
+
 class Renderer:
     """Renders events with the templates in one directory, caching what every recipient shares.
 
     Thread-safe: one renderer serves every worker thread of a process.
+
+    Args:
+        templates_dir: the folder of ``<event_type>/<locale>/<name>`` templates.
+        sms_max_segments: the most segments an SMS may take; a longer one is cut to fit.
+        details_url: where the full notice is (e.g. the site inbox); it ends an SMS that had
+            to be cut. ``None`` cuts with an ellipsis only.
     """
 
-    def __init__(self, templates_dir: Path) -> None:
+    def __init__(
+        self,
+        templates_dir: Path,
+        *,
+        sms_max_segments: int = DEFAULT_SMS_MAX_SEGMENTS,
+        details_url: str | None = None,
+    ) -> None:
+        if sms_max_segments < 1:
+            raise ConfigurationError(f"sms_max_segments must be at least 1, not {sms_max_segments}")
         self.templates_dir = Path(templates_dir)
+        self.sms_max_segments = sms_max_segments
+        self.details_url = details_url or None
         self.env = ImmutableSandboxedEnvironment(
             loader=jinja2.FileSystemLoader(self.templates_dir),
             undefined=jinja2.StrictUndefined,
@@ -119,6 +214,10 @@ class Renderer:
         )
         self.env.filters["datetime"] = format_datetime
         self.env.filters["date"] = format_date
+        self.env.filters["spoken_datetime"] = spoken_datetime
+        self.env.filters["squash"] = squash
+        self.env.filters["clip"] = clip
+        self.env.filters["sentence"] = sentence
         self._lock = threading.Lock()
         self._contents: OrderedDict[tuple[str, str, str, str], Content] = OrderedDict()
         self._digests: OrderedDict[int, tuple[Event, str]] = OrderedDict()
@@ -189,12 +288,19 @@ class Renderer:
     def render(self, event: Event, channel: str, locale: str) -> Content:
         """What ``event`` says on ``channel`` to readers of ``locale``; shared by all of them.
 
+        An SMS is cut to ``sms_max_segments`` (``worker.sms.fit``); its subject is empty, as
+        is a phone call's, whose text is what is read aloud.
+
         Raises:
-            ConfigurationError: the channel has no templates, or no locale folder fits.
+            ConfigurationError: the channel has no templates (at all, or for this event type),
+                or no locale folder fits.
             jinja2.TemplateError: a template is missing or broken (``check()`` finds these at
                 start-up); ``jinja2.exceptions.SecurityError`` if it touches what the sandbox forbids.
         """
         names = self._templates_for(channel)
+        if not channel_covers(channel, event.type):
+            covered = ", ".join(sorted(CHANNEL_EVENT_TYPES[channel]))
+            raise ConfigurationError(f"no {channel} template for {event.type}; {channel} covers {covered}")
         resolved = self.resolve_locale(event.type, locale)
         key = (event.event_id, self._digest(event), channel, resolved)
         with self._lock:
@@ -215,16 +321,23 @@ class Renderer:
     def _render(self, event: Event, names: ChannelTemplates, channel: str, locale: str) -> Content:
         context = _context(event)
         folder = f"{event.type}/{locale}"
-        subject = self.env.get_template(f"{folder}/{names.subject}").render(context)
-        text = self.env.get_template(f"{folder}/{names.text}").render(context)
+        subject = ""
+        if names.subject is not None:
+            subject = one_line(self.env.get_template(f"{folder}/{names.subject}").render(context))
+        text = self.env.get_template(f"{folder}/{names.text}").render(context).strip()
+        if channel == "sms":
+            # No trailing newline: it would cost a character and could cost a segment.
+            text = fit(text, self.sms_max_segments, self.details_url)
+        elif channel != "phone":
+            text += "\n"
         html = None
         if names.html is not None:
             html = self.env.get_template(f"{folder}/{names.html}").render(context)
         return Content(
             cache_key=f"{event.event_id}:{channel}:{locale}",
             locale=locale,
-            subject=one_line(subject),
-            text=text.strip() + "\n",
+            subject=subject,
+            text=text,
             html=html,
         )
 
@@ -264,11 +377,15 @@ class Renderer:
         """Fail now, not mid-incident, if a template is missing or broken.
 
         Every (event type, locale, channel) needs its templates, each of which must render a
-        sample event of its type.
+        sample event of its type; pairs of event type and channel that ``CHANNEL_EVENT_TYPES``
+        leaves out (no SMS for a policy change) are skipped. An SMS template must render its
+        sample within ``sms_max_segments`` before any cutting: a notice that is always cut
+        would always lose its end.
 
         Raises:
             ConfigurationError: one line naming every missing template file, an unknown
-                event type or channel, or the first template that fails to render.
+                event type or channel, the first template that fails to render, or the first
+                SMS template whose sample is too long.
         """
         types = list(dict.fromkeys(event_types))
         chans = list(dict.fromkeys(channels))
@@ -287,16 +404,21 @@ class Renderer:
 
         missing: list[str] = []
         present: list[tuple[str, str]] = []
+        sms_paths: set[str] = set()
         for event_type in types:
             by_key = {_locale_key(name): name for name in self.available_locales(event_type)}
             for locale in [*locs, FALLBACK_LOCALE]:
                 folder = by_key.get(_locale_key(locale), locale)
                 for channel in chans:
+                    if not channel_covers(channel, event_type):
+                        continue
                     for name in filter(None, CHANNEL_TEMPLATES[channel]):
                         path = f"{event_type}/{folder}/{name}"
                         if not (self.templates_dir / path).is_file():
                             missing.append(path)
                         present.append((event_type, path))
+                        if channel == "sms" and name == CHANNEL_TEMPLATES["sms"].text:
+                            sms_paths.add(path)
         if missing:
             unique = list(dict.fromkeys(missing))
             raise ConfigurationError(
@@ -308,10 +430,20 @@ class Renderer:
             if event_type not in samples:
                 samples[event_type] = sample_event(event_type)
             try:
-                self.env.get_template(path).render(_context(samples[event_type]))
+                rendered = self.env.get_template(path).render(_context(samples[event_type]))
             except jinja2.TemplateError as exc:
                 line = f" line {exc.lineno}" if isinstance(exc, jinja2.TemplateSyntaxError) else ""
                 message = " ".join(str(exc).split())
                 raise ConfigurationError(
                     f"template {path}{line} fails on a sample {event_type} event: {type(exc).__name__}: {message}"
                 ) from exc
+            if path in sms_paths:
+                info = segments(rendered.strip())
+                if info.segments > self.sms_max_segments:
+                    locale = path.split("/")[1]
+                    raise ConfigurationError(
+                        f"SMS template {path} (locale {locale}) renders a sample {event_type} event in "
+                        f"{info.segments} segments ({info.units} {info.encoding} "
+                        f"{'septets' if info.encoding == 'GSM-7' else 'UTF-16 units'}); "
+                        f"the most allowed is {self.sms_max_segments} (HERALD_SMS_MAX_SEGMENTS)"
+                    )

@@ -36,7 +36,11 @@ class Runtime:
     @cached_property
     def renderer(self) -> Renderer:
         """The template renderer, with its caches."""
-        return Renderer(self.settings.templates_dir)
+        return Renderer(
+            self.settings.templates_dir,
+            sms_max_segments=self.settings.sms_max_segments,
+            details_url=self.settings.details_url or None,
+        )
 
     def _state(self) -> _ThreadState:
         state: _ThreadState | None = getattr(self._local, "state", None)

@@ -476,4 +476,4 @@ def test_there_is_no_sample_for_an_unknown_type() -> None:
 
 def test_every_channel_the_renderer_knows_has_a_subject_and_a_text_template() -> None:
     for names in CHANNEL_TEMPLATES.values():
-        assert names.subject.endswith("_subject.txt") and names.text.endswith(".txt")
+        assert (names.subject is None or names.subject.endswith("_subject.txt")) and names.text.endswith(".txt")

@@ -153,6 +153,7 @@ def record(conn: Connection, receipts: Sequence[Receipt], attempts: dict[str, in
                 "attempt": attempts.get(key.recipient_ref, 0),
                 "status": receipt.status.value,
                 "tries": receipt.tries,
+                "segments": int(receipt.detail["segments"]) if "segments" in receipt.detail else None,
                 "recorded_at": now,
                 **fields,
             }
@@ -242,3 +243,54 @@ def failure_reasons(conn: Connection, event_id: str) -> list[tuple[str, str, int
         .order_by(deliveries.c.channel, func.count().desc())
     )
     return [(channel, code or "-", count, reason or "") for channel, code, count, reason in conn.execute(stmt)]
+
+
+def apply_provider_status(
+    conn: Connection, provider_message_id: str, status: DeliveryStatus, error: DeliveryError | None = None
+) -> bool:
+    """Apply a provider's status callback to the delivery it names, if that moves it forward.
+
+    A callback that would move a delivery backwards (a late ``sent`` after ``delivered``, a
+    duplicate) changes nothing and leaves no ledger row; one that applies leaves exactly one.
+    Returns whether the delivery moved.
+    """
+    row = conn.execute(
+        select(deliveries).where(deliveries.c.provider_message_id == provider_message_id).limit(1)
+    ).one_or_none()
+    allowed = statuses_before(status)
+    if row is None or not allowed:
+        return False
+    now = utcnow()
+    moved = conn.execute(
+        update(deliveries)
+        .where(deliveries.c.id == row.id, deliveries.c.status.in_([s.value for s in allowed]))
+        .values(
+            status=status.value,
+            error_class=error.kind if error else None,
+            error_code=error.code if error else None,
+            reason=error.message if error else None,
+            claimed_by=None,
+            lease_until=None,
+            updated_at=now,
+        )
+        .returning(deliveries.c.id)
+    ).first()
+    if moved is None:
+        return False
+    conn.execute(
+        ledger.insert().values(
+            event_id=row.event_id,
+            recipient_ref=row.recipient_ref,
+            channel=row.channel,
+            step=row.step,
+            attempt=row.attempts,
+            status=status.value,
+            provider_message_id=provider_message_id,
+            error_class=error.kind if error else None,
+            error_code=error.code if error else None,
+            reason=error.message if error else None,
+            tries=0,
+            recorded_at=now,
+        )
+    )
+    return True

@@ -111,6 +111,7 @@ ledger = Table(
     Column("error_code", String(32), nullable=True),
     Column("reason", Text, nullable=True),
     Column("tries", Integer, nullable=False, default=1),
+    Column("segments", Integer, nullable=True),  # SMS only: how many parts the carrier bills
     Column("recorded_at", DateTime(timezone=True), nullable=False),
 )
 

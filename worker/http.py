@@ -1,0 +1,133 @@
+"""herald's HTTP app (``herald serve``): Twilio status callbacks and health, for now.
+
+Every Twilio request is checked against ``X-Twilio-Signature`` computed over the public URL
+(``HERALD_PUBLIC_URL`` + path), not the URL this process happens to see behind a proxy. An
+unsigned or wrongly signed request gets 403 and changes nothing. Callbacks join deliveries
+on the provider's SID, and statuses only move forward.
+
+Ingest, the inbox, announcements and metrics join this app in later issues.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import Engine, text
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from twilio.request_validator import RequestValidator
+from twilio.twiml.voice_response import VoiceResponse
+
+from channels.twilio_provider import callback_error
+from worker.config import Settings
+from worker.errors import PermanentDeliveryError
+from worker.statuses import DeliveryStatus
+from worker.store.engine import make_engine
+from worker.store.ledger import apply_provider_status
+
+log = logging.getLogger("herald.http")
+
+#: Twilio message statuses, as herald's delivery statuses.
+MESSAGE_STATUS = {
+    "accepted": DeliveryStatus.SENT,
+    "scheduled": DeliveryStatus.SENT,
+    "queued": DeliveryStatus.SENT,
+    "sending": DeliveryStatus.SENT,
+    "sent": DeliveryStatus.SENT,
+    "delivered": DeliveryStatus.DELIVERED,
+    "read": DeliveryStatus.DELIVERED,
+    "undelivered": DeliveryStatus.FAILED,
+    "failed": DeliveryStatus.FAILED,
+    "canceled": DeliveryStatus.FAILED,
+}
+#: Call statuses that end a call without the person confirming.
+CALL_FAILED = {"busy", "no-answer", "failed", "canceled"}
+
+THANKS = {"en": "Thank you. Your confirmation has been recorded. Goodbye.", "zh-CN": "谢谢，您的确认已记录。再见。"}
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
+    """The ASGI app, bound to one database and one Twilio auth token."""
+    db = engine or make_engine(settings.resolved_database_url)
+    validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
+    public = settings.public_url.rstrip("/")
+
+    async def signed_form(request: Request) -> dict[str, str] | None:
+        form = await request.form()
+        params = {key: str(value) for key, value in form.items()}
+        url = public + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        signature = request.headers.get("X-Twilio-Signature", "")
+        if not signature or not validator.validate(url, params, signature):
+            log.warning("refused an unsigned or wrongly signed request to %s", request.url.path)
+            return None
+        return params
+
+    def apply(sid: str, status: DeliveryStatus, error: PermanentDeliveryError | None) -> bool:
+        with db.begin() as conn:
+            return apply_provider_status(conn, sid, status, error)
+
+    async def message_status(request: Request) -> Response:
+        params = await signed_form(request)
+        if params is None:
+            return PlainTextResponse("invalid signature", status_code=403)
+        sid, reported = params.get("MessageSid", ""), params.get("MessageStatus", "").lower()
+        status = MESSAGE_STATUS.get(reported)
+        if not sid or status is None:
+            return PlainTextResponse("unknown message status", status_code=400)
+        error = callback_error(reported, params.get("ErrorCode")) if status is DeliveryStatus.FAILED else None
+        moved = await run_in_threadpool(apply, sid, status, error)
+        log.info("message %s reported %s (%s)", sid, reported, "applied" if moved else "no change")
+        return Response(status_code=204)
+
+    async def voice_status(request: Request) -> Response:
+        params = await signed_form(request)
+        if params is None:
+            return PlainTextResponse("invalid signature", status_code=403)
+        sid, reported = params.get("CallSid", ""), params.get("CallStatus", "").lower()
+        if not sid or not reported:
+            return PlainTextResponse("CallSid and CallStatus are required", status_code=400)
+        if reported in CALL_FAILED:
+            await run_in_threadpool(apply, sid, DeliveryStatus.FAILED, callback_error(reported, None))
+        elif reported == "completed":
+            # Confirmation arrives before the call ends; a call that ends unconfirmed did not reach them.
+            error = PermanentDeliveryError("call ended without the person pressing 1", code="no-confirmation")
+            await run_in_threadpool(apply, sid, DeliveryStatus.FAILED, error)
+        log.info("call %s reported %s", sid, reported)
+        return Response(status_code=204)
+
+    async def gather(request: Request) -> Response:
+        params = await signed_form(request)
+        if params is None:
+            return PlainTextResponse("invalid signature", status_code=403)
+        sid, digits = params.get("CallSid", ""), params.get("Digits", "")
+        response = VoiceResponse()
+        if sid and digits == "1":
+            await run_in_threadpool(apply, sid, DeliveryStatus.ACKNOWLEDGED, None)
+            response.say(THANKS["en"])
+        else:
+            response.say("That key was not recognised. Goodbye.")
+        return Response(str(response), media_type="application/xml")
+
+    async def health(_request: Request) -> Response:
+        def ping() -> dict[str, Any]:
+            with db.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return {"status": "ok"}
+
+        try:
+            return JSONResponse(await run_in_threadpool(ping))
+        except Exception as exc:  # any database failure makes the service unhealthy
+            return JSONResponse({"status": "error", "database": type(exc).__name__}, status_code=503)
+
+    return Starlette(
+        routes=[
+            Route("/twilio/status", message_status, methods=["POST"]),
+            Route("/twilio/voice-status", voice_status, methods=["POST"]),
+            Route("/twilio/gather", gather, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+        ]
+    )
