@@ -11,6 +11,7 @@ import asyncio
 import logging
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -146,8 +147,10 @@ class TwilioProvider:
 class RateLimiter:
     """At most ``per_second`` requests per sender across every worker process (dramatiq's limiter on Redis).
 
-    A limit of N/s is cut into buckets of 1/N s holding one request each, so any sliding
-    second sees at most N+1 requests, and callers wait for a free bucket rather than fail.
+    The limit is a ceiling for every sliding second, not an average: buckets of 1/(N-1) s hold
+    one request each, so even a request at the very end of one bucket followed by requests at
+    the starts of the next ones cannot put N+1 requests into one second. The average rate is
+    therefore N-1 per second. Callers wait for a free bucket rather than fail.
     """
 
     def __init__(self, settings: Settings, key: str, per_second: float) -> None:
@@ -155,9 +158,9 @@ class RateLimiter:
         self.key = key
         self.per_second = per_second
         if per_second <= 100:
-            self.bucket_ms, self.limit = max(1, round(1000 / per_second)), 1
+            self.bucket_ms, self.limit = math.ceil(1000 / max(per_second - 1, 0.5)), 1
         else:
-            self.bucket_ms, self.limit = 10, math.ceil(per_second / 100)
+            self.bucket_ms, self.limit = 10, max(1, math.floor(per_second / 100) - 1)
         self._limiter: Any = None
 
     def _get(self) -> Any:
@@ -176,10 +179,17 @@ class RateLimiter:
         return self._limiter
 
     async def acquire(self) -> None:
-        """Wait until this process may make one more request."""
+        """Wait until this process may make one more request.
+
+        A refused caller sleeps to just after the next bucket starts, so the requests that
+        win go out near bucket starts, evenly spaced, rather than bunched at bucket edges.
+        """
         limiter = self._get()
+        bucket_s = self.bucket_ms / 1000
         while True:
             with limiter.acquire(raise_on_failure=False) as acquired:
                 if acquired:
                     return
-            await asyncio.sleep(self.bucket_ms / 1000 * random.uniform(0.3, 1.0))
+            now = time.time()
+            next_start = (now // bucket_s + 1) * bucket_s
+            await asyncio.sleep(next_start - now + random.uniform(0, bucket_s * 0.05))

@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     # --- HTTP app (`herald serve`) -------------------------------------------------------
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=1, le=65_535)
+    callback_settle_s: float = Field(60.0, ge=0, description="How long a callback that beat its record is retried.")
 
     @field_validator("broker_url")
     @classmethod

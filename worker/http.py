@@ -10,11 +10,13 @@ Ingest, the inbox, announcements and metrics join this app in later issues.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from sqlalchemy import Engine, text
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -27,7 +29,7 @@ from worker.config import Settings
 from worker.errors import PermanentDeliveryError
 from worker.statuses import DeliveryStatus
 from worker.store.engine import make_engine
-from worker.store.ledger import apply_provider_status
+from worker.store.ledger import apply_pending_callbacks, pending_callback_count, receive_provider_status
 
 log = logging.getLogger("herald.http")
 
@@ -66,9 +68,29 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             return None
         return params
 
-    def apply(sid: str, status: DeliveryStatus, error: PermanentDeliveryError | None) -> bool:
+    def apply(sid: str, status: DeliveryStatus, error: PermanentDeliveryError | None) -> bool | None:
         with db.begin() as conn:
-            return apply_provider_status(conn, sid, status, error)
+            return receive_provider_status(conn, sid, status, error)
+
+    async def settle_later(sid: str) -> None:
+        """A callback that beat the worker's record: apply it as soon as the record exists."""
+
+        def attempt() -> int:
+            with db.begin() as conn:
+                apply_pending_callbacks(conn, [sid])
+                return pending_callback_count(conn, sid)
+
+        for _ in range(int(settings.callback_settle_s / 0.5)):
+            await asyncio.sleep(0.5)
+            if await run_in_threadpool(attempt) == 0:
+                return
+        log.warning("callback for %s still has no recorded delivery; the worker will apply it on record", sid)
+
+    async def applied(sid: str, status: DeliveryStatus, error: PermanentDeliveryError | None) -> Response:
+        result = await run_in_threadpool(apply, sid, status, error)
+        if result is None:
+            return Response(status_code=204, background=BackgroundTask(settle_later, sid))
+        return Response(status_code=204)
 
     async def message_status(request: Request) -> Response:
         params = await signed_form(request)
@@ -79,9 +101,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
         if not sid or status is None:
             return PlainTextResponse("unknown message status", status_code=400)
         error = callback_error(reported, params.get("ErrorCode")) if status is DeliveryStatus.FAILED else None
-        moved = await run_in_threadpool(apply, sid, status, error)
-        log.info("message %s reported %s (%s)", sid, reported, "applied" if moved else "no change")
-        return Response(status_code=204)
+        log.info("message %s reported %s", sid, reported)
+        return await applied(sid, status, error)
 
     async def voice_status(request: Request) -> Response:
         params = await signed_form(request)
@@ -90,13 +111,13 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
         sid, reported = params.get("CallSid", ""), params.get("CallStatus", "").lower()
         if not sid or not reported:
             return PlainTextResponse("CallSid and CallStatus are required", status_code=400)
+        log.info("call %s reported %s", sid, reported)
         if reported in CALL_FAILED:
-            await run_in_threadpool(apply, sid, DeliveryStatus.FAILED, callback_error(reported, None))
-        elif reported == "completed":
+            return await applied(sid, DeliveryStatus.FAILED, callback_error(reported, None))
+        if reported == "completed":
             # Confirmation arrives before the call ends; a call that ends unconfirmed did not reach them.
             error = PermanentDeliveryError("call ended without the person pressing 1", code="no-confirmation")
-            await run_in_threadpool(apply, sid, DeliveryStatus.FAILED, error)
-        log.info("call %s reported %s", sid, reported)
+            return await applied(sid, DeliveryStatus.FAILED, error)
         return Response(status_code=204)
 
     async def gather(request: Request) -> Response:
@@ -106,8 +127,12 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
         sid, digits = params.get("CallSid", ""), params.get("Digits", "")
         response = VoiceResponse()
         if sid and digits == "1":
-            await run_in_threadpool(apply, sid, DeliveryStatus.ACKNOWLEDGED, None)
+            result = await run_in_threadpool(apply, sid, DeliveryStatus.ACKNOWLEDGED, None)
             response.say(THANKS["en"])
+            if result is None:
+                return Response(
+                    str(response), media_type="application/xml", background=BackgroundTask(settle_later, sid)
+                )
         else:
             response.say("That key was not recognised. Goodbye.")
         return Response(str(response), media_type="application/xml")

@@ -54,7 +54,9 @@ def state(engine: Engine, sid: str) -> tuple[str, int]:
     return status, rows
 
 
-def post(server: tuple[ServerThread, Settings], path: str, params: dict[str, str], signature: str | None = "") -> httpx.Response:
+def post(
+    server: tuple[ServerThread, Settings], path: str, params: dict[str, str], signature: str | None = ""
+) -> httpx.Response:
     running, settings = server
     if signature == "":
         signature = RequestValidator(TOKEN).compute_signature(settings.public_url + path, params)
@@ -62,7 +64,9 @@ def post(server: tuple[ServerThread, Settings], path: str, params: dict[str, str
     return httpx.post(running.url + path, data=params, headers=headers, timeout=10)
 
 
-def test_a_signed_delivered_callback_moves_the_sms_to_delivered_once(engine: Engine, server: tuple[ServerThread, Settings]) -> None:
+def test_a_signed_delivered_callback_moves_the_sms_to_delivered_once(
+    engine: Engine, server: tuple[ServerThread, Settings]
+) -> None:
     sent(engine, "sms", "SM1")
     params = {"MessageSid": "SM1", "MessageStatus": "delivered", "AccountSid": "AC1"}
     assert post(server, "/twilio/status", params).status_code == 204
@@ -87,7 +91,9 @@ def test_unsigned_or_forged_callbacks_are_refused_and_change_nothing(
     assert state(engine, "SM2") == before
 
 
-def test_a_replayed_signature_with_altered_parameters_is_refused(engine: Engine, server: tuple[ServerThread, Settings]) -> None:
+def test_a_replayed_signature_with_altered_parameters_is_refused(
+    engine: Engine, server: tuple[ServerThread, Settings]
+) -> None:
     sent(engine, "sms", "SM3")
     _, settings = server
     genuine = {"MessageSid": "SM3", "MessageStatus": "sent"}

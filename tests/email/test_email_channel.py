@@ -258,9 +258,7 @@ def test_a_recipient_without_email_fails_without_a_network_call(sink: SmtpSink) 
 
 
 def test_a_non_ascii_display_name_is_rfc2047_encoded(sink: SmtpSink) -> None:
-    [receipts] = send(
-        channel_for(sink.port), [message(0, ZH, name="张三 (Zhang San)", email="zhang@example.com")]
-    )
+    [receipts] = send(channel_for(sink.port), [message(0, ZH, name="张三 (Zhang San)", email="zhang@example.com")])
 
     assert receipts[0].status is DeliveryStatus.DELIVERED
     [got] = sink.messages
@@ -271,9 +269,7 @@ def test_a_non_ascii_display_name_is_rfc2047_encoded(sink: SmtpSink) -> None:
 
 
 def test_crlf_in_subject_or_name_cannot_inject_a_header(sink: SmtpSink) -> None:
-    hostile = Content(
-        cache_key="evt-2:en", locale="en", subject="Hello\r\nBcc: x@y", text="body\n", html=None
-    )
+    hostile = Content(cache_key="evt-2:en", locale="en", subject="Hello\r\nBcc: x@y", text="body\n", html=None)
     batch = [message(0, hostile, email="victim@example.com", name="Eve\r\nCc: z@y", event_id="evt-2")]
 
     [receipts] = send(channel_for(sink.port), batch)

@@ -70,9 +70,7 @@ CASES: list[tuple[str, BaseException, type[DeliveryError], str | None]] = [
 
 
 @pytest.mark.parametrize(("exc", "expected", "code"), [case[1:] for case in CASES], ids=[c[0] for c in CASES])
-def test_vendor_error_maps_to_our_error(
-    exc: BaseException, expected: type[DeliveryError], code: str | None
-) -> None:
+def test_vendor_error_maps_to_our_error(exc: BaseException, expected: type[DeliveryError], code: str | None) -> None:
     error = map_smtp_error(exc)
 
     assert type(error) is expected

@@ -72,9 +72,7 @@ def copy_templates(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("channel", CHANNELS)
 @pytest.mark.parametrize("event_type", EVENT_TYPES)
-def test_each_event_type_renders_in_english_and_chinese(
-    renderer: Renderer, event_type: str, channel: str
-) -> None:
+def test_each_event_type_renders_in_english_and_chinese(renderer: Renderer, event_type: str, channel: str) -> None:
     event = sample_event(event_type)
 
     en = renderer.render(event, channel, "en")
@@ -292,9 +290,7 @@ TEMPLATE_CODE = ["{{ 7*7 }}", "{% for x in range(3) %}{{ x }}{% endfor %}", "{# 
 
 @pytest.mark.parametrize("code", TEMPLATE_CODE)
 @pytest.mark.parametrize("locale", LOCALES)
-def test_template_code_in_an_event_field_is_printed_not_run(
-    renderer: Renderer, code: str, locale: str
-) -> None:
+def test_template_code_in_an_event_field_is_printed_not_run(renderer: Renderer, code: str, locale: str) -> None:
     event = event_with("security_incident", title=f"Title {code}", situation=f"Situation {code}")
 
     email = renderer.render(event, "email", locale)
@@ -343,9 +339,7 @@ FORBIDDEN = [
 @pytest.mark.parametrize("expression", FORBIDDEN)
 def test_a_template_cannot_reach_python_internals(tmp_path: Path, expression: str) -> None:
     templates = copy_templates(tmp_path)
-    (templates / "security_incident" / "en" / "insite.txt").write_text(
-        f"Hello {expression}\n", encoding="utf-8"
-    )
+    (templates / "security_incident" / "en" / "insite.txt").write_text(f"Hello {expression}\n", encoding="utf-8")
     renderer = Renderer(templates)
 
     with pytest.raises(SecurityError):

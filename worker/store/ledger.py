@@ -25,7 +25,7 @@ from worker.clock import utcnow
 from worker.errors import DeliveryError, PermanentDeliveryError
 from worker.statuses import TERMINAL, DeliveryStatus, statuses_before
 from worker.store.dialect import insert_ignoring_conflicts
-from worker.store.schema import deliveries, ledger
+from worker.store.schema import deliveries, ledger, provider_callbacks
 
 
 def open_deliveries(
@@ -185,6 +185,7 @@ def record(conn: Connection, receipts: Sequence[Receipt], attempts: dict[str, in
             .values(status=status.value, claimed_by=None, lease_until=None)
         )
         conn.execute(stmt, params)
+    apply_pending_callbacks(conn, [r.provider_message_id for r in receipts if r.provider_message_id])
 
 
 def _status_in(statuses: Iterable[DeliveryStatus]) -> ColumnElement[bool]:
@@ -245,20 +246,17 @@ def failure_reasons(conn: Connection, event_id: str) -> list[tuple[str, str, int
     return [(channel, code or "-", count, reason or "") for channel, code, count, reason in conn.execute(stmt)]
 
 
-def apply_provider_status(
-    conn: Connection, provider_message_id: str, status: DeliveryStatus, error: DeliveryError | None = None
-) -> bool:
-    """Apply a provider's status callback to the delivery it names, if that moves it forward.
-
-    A callback that would move a delivery backwards (a late ``sent`` after ``delivered``, a
-    duplicate) changes nothing and leaves no ledger row; one that applies leaves exactly one.
-    Returns whether the delivery moved.
-    """
+def _apply_status(
+    conn: Connection, provider_message_id: str, status: DeliveryStatus, error: DeliveryError | None
+) -> bool | None:
+    """Move the delivery with this provider id forward; None when no delivery has that id yet."""
     row = conn.execute(
         select(deliveries).where(deliveries.c.provider_message_id == provider_message_id).limit(1)
     ).one_or_none()
+    if row is None:
+        return None
     allowed = statuses_before(status)
-    if row is None or not allowed:
+    if not allowed:
         return False
     now = utcnow()
     moved = conn.execute(
@@ -294,3 +292,63 @@ def apply_provider_status(
         )
     )
     return True
+
+
+def receive_provider_status(
+    conn: Connection, provider_message_id: str, status: DeliveryStatus, error: DeliveryError | None = None
+) -> bool | None:
+    """Store a provider's status callback, then apply it if its delivery is already recorded.
+
+    The callback row is kept whatever happens: a provider may call back before the worker
+    has written the message id it was given (the batch is still being sent). Such a callback
+    stays pending and ``apply_pending_callbacks`` applies it once the id is recorded.
+    Returns True if the delivery moved, False if the callback changed nothing (late or
+    duplicate), None if it is pending.
+    """
+    callback_id = conn.execute(
+        provider_callbacks.insert()
+        .values(
+            provider_message_id=provider_message_id,
+            status=status.value,
+            error_class=error.kind if error else None,
+            error_code=error.code if error else None,
+            reason=error.message if error else None,
+            received_at=utcnow(),
+        )
+        .returning(provider_callbacks.c.id)
+    ).scalar_one()
+    result = _apply_status(conn, provider_message_id, status, error)
+    if result is not None:
+        conn.execute(
+            update(provider_callbacks).where(provider_callbacks.c.id == callback_id).values(applied_at=utcnow())
+        )
+    return result
+
+
+def apply_pending_callbacks(conn: Connection, provider_message_ids: Iterable[str]) -> int:
+    """Apply, in arrival order, callbacks that came before their delivery's id was recorded."""
+    ids = [pmid for pmid in provider_message_ids if pmid]
+    if not ids:
+        return 0
+    pending = conn.execute(
+        select(provider_callbacks)
+        .where(provider_callbacks.c.provider_message_id.in_(ids), provider_callbacks.c.applied_at.is_(None))
+        .order_by(provider_callbacks.c.id)
+    ).all()
+    for row in pending:
+        error = None
+        if row.error_class is not None:
+            error = PermanentDeliveryError(row.reason or "", code=row.error_code)
+        if _apply_status(conn, row.provider_message_id, DeliveryStatus(row.status), error) is not None:
+            conn.execute(
+                update(provider_callbacks).where(provider_callbacks.c.id == row.id).values(applied_at=utcnow())
+            )
+    return len(pending)
+
+
+def pending_callback_count(conn: Connection, provider_message_id: str) -> int:
+    """How many callbacks for this provider id still wait for their delivery to be recorded."""
+    stmt = select(func.count()).where(
+        provider_callbacks.c.provider_message_id == provider_message_id, provider_callbacks.c.applied_at.is_(None)
+    )
+    return int(conn.execute(stmt).scalar_one())

@@ -128,3 +128,16 @@ letters = Table(
     Column("read_at", DateTime(timezone=True), nullable=True),
     UniqueConstraint("event_id", "recipient_ref", name="uq_letters_event_recipient"),
 )
+
+provider_callbacks = Table(
+    "provider_callbacks",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("provider_message_id", String(255), nullable=False, index=True),
+    Column("status", String(16), nullable=False),
+    Column("error_class", String(64), nullable=True),
+    Column("error_code", String(32), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("applied_at", DateTime(timezone=True), nullable=True),  # null: its delivery is not recorded yet
+)

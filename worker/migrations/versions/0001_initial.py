@@ -1,8 +1,8 @@
-"""initial schema: intake, events, recipients, deliveries, ledger, letters
+"""initial schema: intake, events, recipients, deliveries, ledger, letters, provider_callbacks
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 12:56:20.387574
+Create Date: 2026-11-23 13:10:00.706552
 """
 
 from __future__ import annotations
@@ -111,6 +111,23 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_letters_recipient_ref"), ["recipient_ref"], unique=False)
 
     op.create_table(
+        "provider_callbacks",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("provider_message_id", sa.String(length=255), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("error_class", sa.String(length=64), nullable=True),
+        sa.Column("error_code", sa.String(length=32), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("applied_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_provider_callbacks")),
+    )
+    with op.batch_alter_table("provider_callbacks", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_provider_callbacks_provider_message_id"), ["provider_message_id"], unique=False
+        )
+
+    op.create_table(
         "recipients",
         sa.Column("ref", sa.String(length=32), nullable=False),
         sa.Column("user_id", sa.String(length=128), nullable=False),
@@ -127,6 +144,10 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("recipients")
+    with op.batch_alter_table("provider_callbacks", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_provider_callbacks_provider_message_id"))
+
+    op.drop_table("provider_callbacks")
     with op.batch_alter_table("letters", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_letters_recipient_ref"))
 

@@ -1,0 +1,122 @@
+"""The Twilio edge: one table of vendor errors → herald's errors, and the per-sender rate limit."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import threading
+import time
+import uuid
+
+import aiohttp
+import pytest
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+
+from channels.sms import check_mobile
+from channels.twilio_provider import RateLimiter, callback_error, map_twilio_error
+from worker.config import Settings
+from worker.errors import PermanentDeliveryError, TransientDeliveryError
+
+
+def rest(status: int, code: int | None) -> TwilioRestException:
+    return TwilioRestException(status, "https://api.twilio.com/2010-04-01/Accounts/AC/Messages.json", "msg", code)
+
+
+def service(status: int, code: int) -> TwilioServiceException:
+    return TwilioServiceException("https://www.twilio.com/docs/errors", "Problem", status, code)
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "code"),
+    [
+        (rest(400, 21211), PermanentDeliveryError, "21211"),
+        (rest(400, 21614), PermanentDeliveryError, "21614"),
+        (rest(400, 21610), PermanentDeliveryError, "21610"),
+        (rest(400, 21408), PermanentDeliveryError, "21408"),
+        (rest(400, 21612), PermanentDeliveryError, "21612"),
+        (rest(400, 21606), PermanentDeliveryError, "21606"),
+        (rest(400, 21217), PermanentDeliveryError, "21217"),
+        (rest(400, 13224), PermanentDeliveryError, "13224"),
+        (rest(401, 20003), PermanentDeliveryError, "20003"),
+        (rest(400, 99999), PermanentDeliveryError, "99999"),
+        (rest(404, None), PermanentDeliveryError, "http-404"),
+        (rest(429, 20429), TransientDeliveryError, "20429"),
+        (rest(429, None), TransientDeliveryError, "http-429"),
+        (rest(500, 20500), TransientDeliveryError, "20500"),
+        (rest(503, 20503), TransientDeliveryError, "20503"),
+        (rest(502, None), TransientDeliveryError, "http-502"),
+        (service(400, 21211), PermanentDeliveryError, "21211"),
+        (service(429, 20429), TransientDeliveryError, "20429"),
+        (service(500, 20500), TransientDeliveryError, "20500"),
+        (TimeoutError(), TransientDeliveryError, "timeout"),
+        (TimeoutError(), TransientDeliveryError, "timeout"),
+        (aiohttp.ClientConnectionError(), TransientDeliveryError, "connection"),
+        (aiohttp.ServerDisconnectedError(), TransientDeliveryError, "connection"),
+        (ConnectionRefusedError(), TransientDeliveryError, "connection"),
+    ],
+)
+def test_vendor_errors_map_to_transient_or_permanent(exc: BaseException, kind: type, code: str) -> None:
+    error = map_twilio_error(exc)
+    assert type(error) is kind
+    assert error.code == code
+    assert "\n" not in error.message and "+1" not in error.message
+
+
+@pytest.mark.parametrize(
+    ("status", "error_code", "code"),
+    [
+        ("undelivered", "30003", "30003"),
+        ("failed", "30008", "30008"),
+        ("busy", None, "busy"),
+        ("no-answer", None, "no-answer"),
+    ],
+)
+def test_failed_callbacks_become_permanent_errors(status: str, error_code: str | None, code: str) -> None:
+    error = callback_error(status, error_code)
+    assert isinstance(error, PermanentDeliveryError) and error.code == code
+
+
+@pytest.mark.parametrize(
+    ("number", "problem"),
+    [
+        ("+14155552671", None),
+        ("+8613912345678", None),
+        ("+442079460958", "not-mobile"),
+        ("12345", "invalid-contact"),
+        ("+1415", "invalid-contact"),
+        (None, "no-contact"),
+    ],
+)
+def test_sms_numbers_are_checked_before_any_request(number: str | None, problem: str | None) -> None:
+    error = check_mobile(number)
+    assert (error.code if error else None) == problem
+
+
+def test_the_rate_limit_holds_for_every_sliding_second_across_threads(redis_url: str) -> None:
+    settings = Settings(broker_url=redis_url)
+    key = f"rate-test-{uuid.uuid4().hex}"
+    times: list[float] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        limiter = RateLimiter(settings, key, 10)
+
+        async def one() -> None:
+            await limiter.acquire()
+            with lock:
+                times.append(time.monotonic())
+
+        async def main() -> None:
+            await asyncio.gather(*(one() for _ in range(10)))
+
+        asyncio.run(main())
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    times.sort()
+    busiest = max(bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times))
+    assert len(times) == 40
+    assert busiest <= 10
