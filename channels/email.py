@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import random
 import re
 import ssl
 from collections import OrderedDict
@@ -246,7 +247,9 @@ class EmailChannel(Channel):
         self._size = settings.smtp_connections
         self._tries = settings.smtp_tries
         # initial, 2×initial, 4×initial … capped at retry_max_s, plus up to initial of jitter
-        backoff = wait_exponential(multiplier=retry_initial_s, max=retry_max_s)
+        self._retry_initial_s = retry_initial_s
+        # The first retry waits ~initial (above); tenacity continues 2×, 4× … capped at retry_max_s.
+        backoff = wait_exponential(multiplier=retry_initial_s * 2, max=retry_max_s)
         self._wait = backoff + wait_random(0, retry_initial_s)
         self._templates: OrderedDict[tuple[str, str], _Template] = OrderedDict()
         self._cache_size = max(1, cache_size)
@@ -338,16 +341,35 @@ class EmailChannel(Channel):
         except Exception as exc:  # e.g. a lone surrogate in rendered text: this content cannot go out
             error = PermanentDeliveryError(f"email could not be built: {type(exc).__name__}")
             return Receipt.failed(message.key, error, tries=0)
-        tries, phase = 0, "connect"
+        tries, phase = 1, "connect"
+        try:
+            # The common case in one try, without building a retry controller per message.
+            await self._connect(client)
+            phase = "send"
+            reply = await self._transmit(client, address, payload)
+        except DeliveryError as first:
+            if not first.transient or self._tries == 1:
+                if phase == "connect":
+                    batch.outage = first
+                return Receipt.failed(message.key, first, tries=1)
+        else:
+            return Receipt(
+                key=message.key,
+                status=DeliveryStatus.DELIVERED,
+                provider_message_id=message_id,
+                tries=1,
+                detail={"smtp_reply": _safe(reply)},
+            )
+        await asyncio.sleep(self._retry_initial_s + random.uniform(0, self._retry_initial_s))
         try:
             async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self._tries),
+                stop=stop_after_attempt(self._tries - 1),
                 wait=self._wait,
                 retry=retry_if_exception(_is_transient),
                 reraise=True,
             ):
                 with attempt:
-                    tries = attempt.retry_state.attempt_number
+                    tries = attempt.retry_state.attempt_number + 1
                     phase = "connect"
                     await self._connect(client)
                     phase = "send"

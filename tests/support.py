@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -111,3 +116,41 @@ class Pipeline:
         """How many ledger rows an event has."""
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).where(ledger.c.event_id == event_id)).scalar_one())
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a herald process build exactly these settings."""
+    env: dict[str, str] = {}
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        elif isinstance(value, tuple):
+            value = ",".join(value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        key = field.validation_alias if isinstance(field.validation_alias, str) else f"HERALD_{name.upper()}"
+        env[key] = str(value)
+    return env
+
+
+def start_workers(settings: Settings, log: Path, *, processes: int = 1, threads: int = 4) -> subprocess.Popen[bytes]:
+    """`dramatiq worker.app` in its own process group, configured by ``settings``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dramatiq", "worker.app", "--processes", str(processes), "--threads", str(threads)],
+        env={**os.environ, **settings_env(settings)},
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
+        start_new_session=True,
+    )
+
+
+def stop_workers(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a worker process group started by ``start_workers``."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -24,7 +24,7 @@ from worker.events import EVENT_TYPES
 from worker.fanout import finish_page, plan_page
 from worker.ingest import ingest as ingest_payload
 from worker.runtime import Runtime
-from worker.store.engine import schema_is_current
+from worker.store.engine import read_only, schema_is_current
 from worker.store.intake import IntakeOutcome, fanout_cursor
 
 log = logging.getLogger("herald.actors")
@@ -89,12 +89,12 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
             fanout_actor.send(result.event_id, result.fanout_from)
 
     def fanout(event_id: str, cursor: str) -> None:
-        with runtime.engine.connect() as conn:
+        with read_only(runtime.engine) as conn:
             if fanout_cursor(conn, event_id) != cursor:
                 return  # another copy of this step already moved on
         page = plan_page(
             runtime.engine,
-            event_id,
+            runtime.event(event_id),
             cursor,
             channels=settings.channels,
             page_size=settings.page_size,

@@ -8,20 +8,16 @@ claimable state, and the caller raises so that dramatiq retries the message late
 from __future__ import annotations
 
 import logging
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Connection
-
 from channels.base import DeliveryKey, OutboundMessage, Receipt
 from worker.errors import PermanentDeliveryError
-from worker.events import Event
 from worker.runtime import Runtime
 from worker.statuses import DeliveryStatus
 from worker.store import ledger, recipients
-from worker.store.intake import load_event
 
 log = logging.getLogger("herald.delivery")
 
@@ -42,26 +38,6 @@ class BatchOutcome:
         return self.retrying + self.busy
 
 
-class _EventCache:
-    """Accepted events never change, so each process parses one at most once."""
-
-    def __init__(self, size: int = 64) -> None:
-        self._items: OrderedDict[str, Event] = OrderedDict()
-        self._size = size
-
-    def get(self, conn: Connection, event_id: str) -> Event:
-        event = self._items.get(event_id)
-        if event is None:
-            event = load_event(conn, event_id)
-            self._items[event_id] = event
-            if len(self._items) > self._size:
-                self._items.popitem(last=False)
-        return event
-
-
-_events = _EventCache()
-
-
 def deliver_batch(
     rt: Runtime, event_id: str, channel: str, refs: Sequence[str], *, claimant: str, step: int = 0
 ) -> BatchOutcome:
@@ -71,8 +47,8 @@ def deliver_batch(
         claim = ledger.claim(conn, event_id, channel, refs, claimant=claimant, lease=lease, step=step)
         if not claim.attempts:
             return BatchOutcome(0, 0, 0, len(claim.busy), len(refs) - len(claim.busy))
-        event = _events.get(conn, event_id)
         people = recipients.load(conn, claim.attempts)
+    event = rt.event(event_id)
 
     messages: list[OutboundMessage] = []
     erased: list[Receipt] = []

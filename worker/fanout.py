@@ -19,7 +19,7 @@ from worker.errors import DeliveryError, PermanentDeliveryError
 from worker.events import AllAudience, Event, InlineAudience, UserIdsAudience, audience_of
 from worker.rendering import channel_covers
 from worker.store import ledger, recipients
-from worker.store.intake import advance_fanout, load_event
+from worker.store.intake import advance_fanout
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +85,11 @@ def _unreachable(
 
 
 def plan_page(
-    engine: Engine, event_id: str, cursor: str, *, channels: Sequence[str], page_size: int, batch_size: int
+    engine: Engine, event: Event, cursor: str, *, channels: Sequence[str], page_size: int, batch_size: int
 ) -> Page:
     """Resolve one audience page, open its delivery rows, and cut it into batches."""
+    event_id = event.event_id
     with engine.begin() as conn:
-        event = load_event(conn, event_id)
         people, problems, next_cursor = _page_refs(conn, event, cursor, page_size)
         loaded = recipients.load(conn, people.values())
         # For an {"all": true} page the mapping is ref → ref; translate to user ids for problems.

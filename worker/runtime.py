@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import OrderedDict
 from functools import cached_property
 
 from sqlalchemy import Engine
@@ -15,8 +16,13 @@ from sqlalchemy import Engine
 from channels import create_channel
 from channels.base import Channel
 from worker.config import Settings
+from worker.events import Event
 from worker.rendering import Renderer
-from worker.store.engine import make_engine
+from worker.store.engine import make_engine, read_only
+from worker.store.intake import load_event
+
+#: Parsed events kept per process; an inline audience can make one event several megabytes.
+_EVENT_CACHE_SIZE = 16
 
 
 class Runtime:
@@ -27,6 +33,7 @@ class Runtime:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._threads: list[_ThreadState] = []
+        self._events: OrderedDict[str, Event] = OrderedDict()
 
     @cached_property
     def engine(self) -> Engine:
@@ -41,6 +48,25 @@ class Runtime:
             sms_max_segments=self.settings.sms_max_segments,
             details_url=self.settings.details_url or None,
         )
+
+    def event(self, event_id: str) -> Event:
+        """An accepted event, parsed at most once per process (accepted events never change).
+
+        Raises:
+            sqlalchemy.exc.NoResultFound: no event has that id.
+        """
+        with self._lock:
+            cached = self._events.get(event_id)
+            if cached is not None:
+                self._events.move_to_end(event_id)
+                return cached
+        with read_only(self.engine) as conn:
+            parsed = load_event(conn, event_id)
+        with self._lock:
+            self._events[event_id] = parsed
+            while len(self._events) > _EVENT_CACHE_SIZE:
+                self._events.popitem(last=False)
+        return parsed
 
     def _state(self) -> _ThreadState:
         state: _ThreadState | None = getattr(self._local, "state", None)

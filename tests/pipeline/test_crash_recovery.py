@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import select
-from support import Pipeline, incident, people
+from support import Pipeline, incident, people, start_workers, stop_workers
 
 from worker.config import Settings
 from worker.sandbox.smtp_sink import SmtpSink
@@ -24,36 +23,17 @@ RECIPIENTS = 2_000
 BATCH = 50
 
 
-def _start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "HERALD_BROKER_URL": settings.broker_url,
-        "HERALD_BROKER_NAMESPACE": settings.broker_namespace,
-        "HERALD_DATABASE_URL": settings.database_url,
-        "HERALD_DATA_DIR": str(settings.data_dir),
-        "HERALD_SMTP_PORT": str(settings.smtp_port),
-        "HERALD_SMTP_CONNECTIONS": "2",
-        "HERALD_BATCH_SIZE": str(BATCH),
-        "HERALD_PAGE_SIZE": "500",
-        "HERALD_RETRY_MIN_BACKOFF_MS": "200",
-        "HERALD_RETRY_MAX_BACKOFF_MS": "2000",
-        # Let a dead worker's messages come back within seconds, not a minute.
-        "HERALD_BROKER_HEARTBEAT_TIMEOUT_MS": "3000",
-        "HERALD_BROKER_MAINTENANCE_CHANCE": "1000000",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", "worker.app", "--processes", "1", "--threads", "4"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-        start_new_session=True,
-    )
-
-
 def test_sigkill_mid_fanout_ends_with_everyone_terminal_and_bounded_duplicates(
     make_settings: Callable[..., Settings], smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:
-    settings = make_settings(batch_size=BATCH, page_size=500)
+    settings = make_settings(
+        batch_size=BATCH,
+        page_size=500,
+        smtp_connections=2,
+        # Let a dead worker's messages come back within seconds, not a minute.
+        broker_heartbeat_timeout_ms=3_000,
+        broker_maintenance_chance=1_000_000,
+    )
     smtp_sink.latency(0.02)
     event = incident(people(RECIPIENTS))
     event_id = event["event_id"]
@@ -61,7 +41,7 @@ def test_sigkill_mid_fanout_ends_with_everyone_terminal_and_bounded_duplicates(
 
     # The test process only publishes and watches; worker processes do all the work.
     watcher = Pipeline(settings, threads=1)
-    first = _start_worker(settings, log)
+    first = start_workers(settings, log)
     second: subprocess.Popen[bytes] | None = None
     try:
         watcher.publish(event)
@@ -83,14 +63,13 @@ def test_sigkill_mid_fanout_ends_with_everyone_terminal_and_bounded_duplicates(
         email_batches_in_flight = len({who for channel, who in claimed if channel == "email"})
         assert sent_before_kill < RECIPIENTS, "the kill came too late to test anything"
 
-        second = _start_worker(settings, log)
+        second = start_workers(settings, log)
         watcher.wait_terminal([event_id], timeout=180)
         counts = watcher.counts(event_id)
     finally:
         for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
+            if proc is not None:
+                stop_workers(proc)
         watcher.broker.close()
         watcher.engine.dispose()
 
