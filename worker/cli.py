@@ -282,8 +282,9 @@ def demo(
             why.add_row(channel, code, str(count), reason)
         out.print(why)
     out.print(
-        f"{summary.recipients} recipients, {summary.emails_received} emails received by the local SMTP sink, "
-        f"{summary.letters} station letters, {summary.ledger_rows} ledger rows, {summary.seconds:.1f} s",
+        f"{summary.recipients} recipients; the local sandboxes received {summary.emails_received} emails, "
+        f"{summary.sms_received} SMS and {summary.calls_received} calls; "
+        f"{summary.letters} station letters were written, {summary.ledger_rows} ledger rows, {summary.seconds:.1f} s",
         highlight=False,
     )
 
@@ -312,28 +313,38 @@ def serve(
 @app.command()
 def sandbox(
     smtp_port: Annotated[int, typer.Option(help="SMTP sink port.")] = 8025,
+    twilio_port: Annotated[int, typer.Option(help="Twilio-compatible API and web page port.")] = 8089,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    faults: Annotated[
+        str | None,
+        typer.Option(
+            help='Fault injection as JSON, e.g. \'{"rate_429": 0.3, "fail_numbers": {"+15551234567": 21610}}\'.'
+        ),
+    ] = None,
 ) -> None:
-    """Run the local SMTP sink for development until interrupted."""
-    import time
+    """Run the local SMTP sink and the Twilio-compatible sandbox (with a web page) until interrupted."""
+    from worker.sandbox.twilio import run_sandbox
 
-    from worker.redact import mask_email
-    from worker.sandbox.smtp_sink import SmtpSink
-
-    sink = SmtpSink(host=host, port=smtp_port)
-    sink.start()
-    out.print(f"SMTP sink listening on {host}:{sink.port}; Ctrl-C to stop", highlight=False)
-    seen = 0
+    settings = _settings()
     try:
-        while True:
-            time.sleep(0.5)
-            for message in sink.messages[seen:]:
-                out.print(f"mail to {', '.join(mask_email(r) for r in message.rcpt_tos)}: {message.subject}")
-            seen = len(sink.messages)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sink.stop()
+        parsed = json.loads(faults) if faults else None
+    except json.JSONDecodeError as exc:
+        fail(f"--faults is not JSON: {exc}", 2)
+    if parsed is not None and not isinstance(parsed, dict):
+        fail("--faults must be a JSON object", 2)
+    try:
+        run_sandbox(
+            host,
+            smtp_port,
+            twilio_port,
+            settings.twilio_account_sid,
+            settings.twilio_auth_token.get_secret_value(),
+            parsed,
+        )
+    except ValueError as exc:
+        fail(str(exc), 2)
+    except OSError as exc:
+        fail(f"cannot listen: {exc.strerror or exc}")
 
 
 def main() -> None:

@@ -33,6 +33,14 @@ from worker.store.intake import event_summary, list_rejections
 from worker.store.ledger import failure_reasons, outcome_counts, unfinished_count
 from worker.store.schema import ledger
 
+#: Every channel herald has, so the demo shows all four.
+DEMO_CHANNELS = ("email", "insite", "sms", "phone")
+#: A few people the sandbox cannot reach, so the demo shows failures too.
+DEMO_FAULTS: dict[str, Any] = {
+    "fail_numbers": {"+14155550043": 21610},  # replied STOP to SMS
+    "call_behaviour": {"+14155550064": "no-answer", "+14155550128": "busy", "+14155550200": "no-input"},
+}
+
 _NAMES = ("Alex Chen", "Maria Garcia", "李娜", "王伟", "Sam O'Neil", "Priya Patel", "张敏", "Jonas Berg")
 
 
@@ -44,6 +52,8 @@ class DemoSummary:
     recipients: int
     counts: dict[tuple[str, str], int]
     emails_received: int
+    sms_received: int
+    calls_received: int
     letters: int
     ledger_rows: int
     seconds: float
@@ -59,6 +69,8 @@ class DemoSummary:
             "recipients": self.recipients,
             "outcomes": outcomes,
             "emails_received": self.emails_received,
+            "sms_received": self.sms_received,
+            "calls_received": self.calls_received,
             "station_letters": self.letters,
             "ledger_rows": self.ledger_rows,
             "seconds": round(self.seconds, 2),
@@ -70,19 +82,25 @@ class DemoSummary:
 
 
 def demo_recipients(count: int) -> list[dict[str, str]]:
-    """Generated people: a third read Chinese; one in a hundred has a broken or missing address."""
+    """Generated people: a third read Chinese; a few have a broken or missing address or phone."""
     people = []
     for i in range(1, count + 1):
+        chinese = i % 3 == 0
         person = {
             "user_id": f"demo-{i:06d}",
             "name": _NAMES[i % len(_NAMES)],
             "email": f"user{i}@example.com",
-            "locale": "zh-CN" if i % 3 == 0 else "en",
+            "phone": f"+86139{i:08d}" if chinese else f"+1415555{i % 10_000:04d}",
+            "locale": "zh-CN" if chinese else "en",
         }
         if i % 100 == 37:
             person["email"] = f"user{i}-at-example.com"
         elif i % 100 == 73:
             del person["email"]
+        if i % 100 == 51:
+            person["phone"] = "+442079460958"  # a landline: no SMS, but it can take a call
+        elif i % 100 == 89:
+            del person["phone"]
         people.append(person)
     return people
 
@@ -125,7 +143,10 @@ def run_demo(
     Raises:
         HeraldError: the workers died, the event was rejected, or the deadline passed.
     """
+    from worker.http import create_app
     from worker.sandbox.smtp_sink import SmtpSink
+    from worker.sandbox.twilio import TwilioSandbox
+    from worker.serving import ServerThread, free_port
 
     data_dir = (settings.data_dir / "demo").resolve()
     if data_dir.exists() and not settings.broker_url:
@@ -134,6 +155,14 @@ def run_demo(
 
     sink = SmtpSink(host="127.0.0.1", port=0, store=False)
     sink.start()
+    twilio = TwilioSandbox(
+        account_sid=settings.twilio_account_sid,
+        auth_token=settings.twilio_auth_token.get_secret_value(),
+        smtp_sink=sink,
+        faults=DEMO_FAULTS,
+    )
+    twilio.start()
+    public_port = free_port()
     demo_settings = settings.model_copy(
         update={
             "data_dir": data_dir,
@@ -142,6 +171,9 @@ def run_demo(
             "smtp_username": "",
             "smtp_starttls": False,
             "smtp_use_tls": False,
+            "channels": DEMO_CHANNELS,
+            "twilio_base_url": twilio.url,
+            "public_url": f"http://127.0.0.1:{public_port}",
         }
     )
     env = {
@@ -154,9 +186,16 @@ def run_demo(
         "HERALD_SMTP_STARTTLS": "false",
         "HERALD_SMTP_USE_TLS": "false",
         "HERALD_RETRY_MIN_BACKOFF_MS": "500",
+        "HERALD_CHANNELS": ",".join(DEMO_CHANNELS),
+        "HERALD_TWILIO_BASE_URL": twilio.url,
+        "HERALD_PUBLIC_URL": demo_settings.public_url,
+        # The sandbox is local: let the demo go faster than a real sender's limits would.
+        "HERALD_SMS_RATE_PER_SECOND": "200",
+        "HERALD_PHONE_RATE_PER_SECOND": "100",
     }
     engine = make_engine(demo_settings.resolved_database_url)
     migrate(engine)
+    callbacks = ServerThread(create_app(demo_settings, engine), port=public_port).start()
     broker = build_broker(demo_settings)
     workers = subprocess.Popen(
         [
@@ -222,6 +261,8 @@ def run_demo(
             recipients=recipients,
             counts=counts,
             emails_received=sink.count,
+            sms_received=len(twilio.messages),
+            calls_received=len(twilio.calls),
             letters=letters,
             ledger_rows=rows,
             seconds=seconds,
@@ -236,5 +277,7 @@ def run_demo(
                 workers.kill()
                 workers.wait()
         broker.close()
+        callbacks.stop()
+        twilio.stop()
         engine.dispose()
         sink.stop()

@@ -102,6 +102,8 @@ from twilio.request_validator import RequestValidator
 from worker.redact import mask_email, mask_phone
 from worker.sandbox.smtp_sink import ReceivedMessage, SmtpSink
 
+#: How many callbacks the sandbox has in flight at once.
+CALLBACK_CONCURRENCY = 16
 log = logging.getLogger(__name__)
 
 API_VERSION = "2010-04-01"
@@ -389,6 +391,7 @@ class TwilioSandbox:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http: httpx.AsyncClient | None = None
+        self._callback_gate = asyncio.Semaphore(CALLBACK_CONCURRENCY)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._templates = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
@@ -592,7 +595,15 @@ class TwilioSandbox:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self._loop = asyncio.get_running_loop()
-        self._http = httpx.AsyncClient(timeout=self.callback_timeout_s, follow_redirects=False, trust_env=False)
+        # Like Twilio, call back at a bounded concurrency: a burst of thousands of callbacks
+        # waits its turn here instead of timing out in the connection pool.
+        self._callback_gate = asyncio.Semaphore(CALLBACK_CONCURRENCY)
+        self._http = httpx.AsyncClient(
+            timeout=self.callback_timeout_s,
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=CALLBACK_CONCURRENCY, max_keepalive_connections=CALLBACK_CONCURRENCY),
+        )
         try:
             yield
         finally:
@@ -959,7 +970,8 @@ class TwilioSandbox:
                 await asyncio.sleep(0.1 * attempt)
             try:
                 assert self._http is not None
-                response = await self._http.request(method, target, data=body, headers=headers)
+                async with self._callback_gate:
+                    response = await self._http.request(method, target, data=body, headers=headers)
             except (httpx.HTTPError, ValueError) as exc:
                 status_code, error, reply = None, f"{type(exc).__name__}: {exc}", ""
                 continue
