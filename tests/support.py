@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterable
@@ -18,7 +17,7 @@ import dramatiq
 from sqlalchemy import Engine, func, select
 
 from worker.actors import Actors, declare_actors
-from worker.broker import build_broker, ingest_message, publish
+from worker.broker import build_broker, ingest_message, publish, worker_command
 from worker.config import Settings
 from worker.store.engine import make_engine
 from worker.store.intake import event_summary
@@ -137,7 +136,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 def start_workers(settings: Settings, log: Path, *, processes: int = 1, threads: int = 4) -> subprocess.Popen[bytes]:
     """`dramatiq worker.app` in its own process group, configured by ``settings``."""
     return subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", "worker.app", "--processes", str(processes), "--threads", str(threads)],
+        worker_command(processes, threads),
         env={**os.environ, **settings_env(settings)},
         stdout=subprocess.DEVNULL,
         stderr=log.open("ab"),

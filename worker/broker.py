@@ -7,6 +7,7 @@ queue, the actor name, and the one helper that publishes an event the way they m
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import dramatiq
@@ -26,6 +27,12 @@ CONTROL_QUEUE = "herald.control"
 def delivery_queue(channel: str) -> str:
     """The queue a channel's delivery batches travel on, so one slow channel never blocks another."""
     return f"herald.{channel}"
+
+
+def worker_command(processes: int, threads: int, queues: list[str] | None = None) -> list[str]:
+    """The command line that runs herald's actors under dramatiq's own supervisor."""
+    command = [sys.executable, "-m", "dramatiq", "worker.app", "--processes", str(processes), "--threads", str(threads)]
+    return command + (["--queues", *queues] if queues else [])
 
 
 def broker_url(settings: Settings) -> str:

@@ -80,18 +80,9 @@ def worker(
     """Run dramatiq workers for every herald queue until interrupted."""
     settings = _settings()
     _engine(settings)
-    args = [
-        sys.executable,
-        "-m",
-        "dramatiq",
-        "worker.app",
-        "--processes",
-        str(processes),
-        "--threads",
-        str(threads),
-    ]
-    if queues:
-        args += ["--queues", *queues]
+    from worker.broker import worker_command
+
+    args = worker_command(processes, threads, queues)
     # dramatiq's own supervisor takes over this process: signals, restarts and logs are its job.
     os.execv(sys.executable, args)
 

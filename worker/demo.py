@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
 
-from worker.broker import build_broker, ingest_message, publish
+from worker.broker import build_broker, ingest_message, publish, worker_command
 from worker.clock import utcnow
 from worker.config import Settings
 from worker.errors import HeraldError
@@ -198,16 +197,7 @@ def run_demo(
     callbacks = ServerThread(create_app(demo_settings, engine), port=public_port).start()
     broker = build_broker(demo_settings)
     workers = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dramatiq",
-            "worker.app",
-            "--processes",
-            str(processes),
-            "--threads",
-            str(threads),
-        ],
+        worker_command(processes, threads),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(data_dir / "worker.log", "wb"),  # noqa: SIM115 - closed with the process
