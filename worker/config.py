@@ -41,7 +41,7 @@ class Settings(BaseSettings):
 
     # --- events and fan-out ------------------------------------------------------------
     max_event_bytes: int = Field(1_048_576, ge=1_024, description="Larger payloads are rejected.")
-    page_size: int = Field(500, ge=1, le=10_000, description="Audience page per fan-out step.")
+    page_size: int = Field(2_000, ge=1, le=10_000, description="Audience page per fan-out step.")
     batch_size: int = Field(250, ge=1, le=5_000, description="Recipients per delivery message.")
     channels: Annotated[tuple[str, ...], NoDecode] = ("email", "insite")
 
