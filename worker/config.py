@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(1_048_576, ge=1_024, description="Larger payloads are rejected.")
     page_size: int = Field(2_000, ge=1, le=10_000, description="Audience page per fan-out step.")
     batch_size: int = Field(250, ge=1, le=5_000, description="Recipients per delivery message.")
+    record_every: int = Field(50, ge=1, le=5_000, description="Messages sent between two ledger writes.")
     channels: Annotated[tuple[str, ...], NoDecode] = ("email", "insite")
 
     # --- email (SMTP) ------------------------------------------------------------------

@@ -61,10 +61,10 @@ def deliver_batch(
         content = rt.renderer.render(event, channel, person.locale)
         messages.append(OutboundMessage(key=key, recipient=person, content=content))
 
-    receipts = list(rt.run(rt.channel(channel).send(messages))) if messages else []  # type: ignore[call-overload]
-    receipts += erased
-    with rt.engine.begin() as conn:
-        ledger.record(conn, receipts, claim.attempts)
+    receipts = _send_in_chunks(rt, channel, messages, claim.attempts) + erased
+    if erased:
+        with rt.engine.begin() as conn:
+            ledger.record(conn, erased, claim.attempts)
 
     counts = Counter(r.status for r in receipts)
     outcome = BatchOutcome(
@@ -85,6 +85,33 @@ def deliver_batch(
         outcome.skipped,
     )
     return outcome
+
+
+def _send_in_chunks(
+    rt: Runtime, channel: str, messages: list[OutboundMessage], attempts: dict[str, int]
+) -> list[Receipt]:
+    """Send and record a few messages at a time.
+
+    A worker that dies mid-batch can only have sent-but-unrecorded the chunk it was on, so a
+    crash re-sends at most one chunk per batch in flight, not the whole batch. When a whole
+    chunk comes back transient (the provider is down) the rest is not tried this time.
+    """
+    receipts: list[Receipt] = []
+    size = rt.settings.record_every
+    for start in range(0, len(messages), size):
+        chunk = messages[start : start + size]
+        sent: list[Receipt] = list(rt.run(rt.channel(channel).send(chunk)))  # type: ignore[call-overload]
+        with rt.engine.begin() as conn:
+            ledger.record(conn, sent, attempts)
+        receipts += sent
+        outage = next((r.error for r in sent if r.error is not None), None)
+        if outage is not None and outage.transient and all(r.status is DeliveryStatus.RETRYING for r in sent):
+            rest = [Receipt.failed(m.key, outage, tries=0) for m in messages[start + size :]]
+            if rest:
+                with rt.engine.begin() as conn:
+                    ledger.record(conn, rest, attempts)
+            return receipts + rest
+    return receipts
 
 
 def exhaust_batch(rt: Runtime, event_id: str, channel: str, refs: Sequence[str], *, step: int = 0) -> int:
