@@ -36,8 +36,12 @@ REGISTRY: dict[str, ChannelSpec] = {
     for spec in (
         ChannelSpec("email", "email", lambda settings, _engine: EmailChannel(settings)),
         ChannelSpec("insite", None, lambda _settings, engine: InsiteChannel(engine)),
-        ChannelSpec("sms", "phone", lambda settings, _engine: SmsChannel(settings)),
-        ChannelSpec("phone", "phone", lambda settings, _engine: PhoneChannel(settings)),
+        ChannelSpec(
+            "sms", "phone", lambda settings, _engine: SmsChannel(settings, concurrency=settings.sms_concurrency)
+        ),
+        ChannelSpec(
+            "phone", "phone", lambda settings, _engine: PhoneChannel(settings, concurrency=settings.phone_concurrency)
+        ),
     )
 }
 

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     details_url: str = Field("", description="Link that ends an SMS cut to fit, e.g. the site's inbox.")
     sms_rate_per_second: float = Field(10.0, gt=0, description="SMS per second per sender, all workers together.")
     phone_rate_per_second: float = Field(1.0, gt=0, description="Calls per second per sender, all workers together.")
+    sms_concurrency: int = Field(16, ge=1, le=256, description="SMS requests in flight per worker thread.")
+    phone_concurrency: int = Field(4, ge=1, le=256, description="Call requests in flight per worker thread.")
 
     # --- HTTP app (`herald serve`) -------------------------------------------------------
     http_host: str = "127.0.0.1"

@@ -100,8 +100,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
         status = MESSAGE_STATUS.get(reported)
         if not sid or status is None:
             return PlainTextResponse("unknown message status", status_code=400)
-        error = callback_error(reported, params.get("ErrorCode")) if status is DeliveryStatus.FAILED else None
         log.info("message %s reported %s", sid, reported)
+        if status is DeliveryStatus.SENT:
+            return Response(status_code=204)  # the worker recorded "sent" itself when Twilio accepted it
+        error = callback_error(reported, params.get("ErrorCode")) if status is DeliveryStatus.FAILED else None
         return await applied(sid, status, error)
 
     async def voice_status(request: Request) -> Response:
