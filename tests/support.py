@@ -117,27 +117,11 @@ class Pipeline:
             return int(conn.execute(select(func.count()).where(ledger.c.event_id == event_id)).scalar_one())
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a herald process build exactly these settings."""
-    env: dict[str, str] = {}
-    for name, field in Settings.model_fields.items():
-        value = getattr(settings, name)
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        elif isinstance(value, tuple):
-            value = ",".join(value)
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        key = field.validation_alias if isinstance(field.validation_alias, str) else f"HERALD_{name.upper()}"
-        env[key] = str(value)
-    return env
-
-
 def start_workers(settings: Settings, log: Path, *, processes: int = 1, threads: int = 4) -> subprocess.Popen[bytes]:
     """`dramatiq worker.app` in its own process group, configured by ``settings``."""
     return subprocess.Popen(
         worker_command(processes, threads),
-        env={**os.environ, **settings_env(settings)},
+        env={**os.environ, **settings.as_env()},
         stdout=subprocess.DEVNULL,
         stderr=log.open("ab"),
         start_new_session=True,

@@ -8,8 +8,8 @@ is terminal, and reports what the ledger and the sink saw.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
@@ -148,9 +149,13 @@ def run_demo(
     from worker.serving import ServerThread, free_port
 
     data_dir = (settings.data_dir / "demo").resolve()
-    if data_dir.exists() and not settings.broker_url:
-        shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True, exist_ok=True)
+    # A fresh database each run. The embedded Redis files are left to their owner module (a
+    # server from an interrupted run may still be up), and a fresh queue namespace means
+    # nothing an interrupted run left on the queues is picked up.
+    for leftover in data_dir.glob("herald.db*"):
+        leftover.unlink()
+    namespace = f"herald-demo-{uuid.uuid4().hex[:8]}"
 
     sink = SmtpSink(host="127.0.0.1", port=0, store=False)
     sink.start()
@@ -171,6 +176,7 @@ def run_demo(
             "smtp_starttls": False,
             "smtp_use_tls": False,
             "channels": DEMO_CHANNELS,
+            "broker_namespace": namespace,
             "twilio_base_url": twilio.url,
             "public_url": f"http://127.0.0.1:{public_port}",
         }
@@ -186,6 +192,7 @@ def run_demo(
         "HERALD_SMTP_USE_TLS": "false",
         "HERALD_RETRY_MIN_BACKOFF_MS": "500",
         "HERALD_CHANNELS": ",".join(DEMO_CHANNELS),
+        "HERALD_BROKER_NAMESPACE": namespace,
         "HERALD_TWILIO_BASE_URL": twilio.url,
         "HERALD_PUBLIC_URL": demo_settings.public_url,
         # The sandbox is local: let the demo go faster than a real sender's limits would.
@@ -266,6 +273,9 @@ def run_demo(
             except subprocess.TimeoutExpired:
                 workers.kill()
                 workers.wait()
+        with contextlib.suppress(redis.RedisError):
+            for key in broker.client.scan_iter(f"{namespace}*"):
+                broker.client.delete(key)  # this run's queues: nothing in them is wanted any more
         broker.close()
         callbacks.stop()
         twilio.stop()
