@@ -241,6 +241,8 @@ class EmailChannel(Channel):
         self._envelope_from = parseaddr(settings.smtp_from)[1]
         if not _ADDRESS.fullmatch(self._envelope_from):
             raise ConfigurationError("HERALD_SMTP_FROM needs an email address, e.g. 'herald <a@b.org>'")
+        # Certificates are always verified; a relay with a private CA is trusted by naming it.
+        self._tls_context = ssl.create_default_context(cafile=settings.smtp_ca_file) if settings.smtp_ca_file else None
         if settings.smtp_starttls and settings.smtp_use_tls:
             raise ConfigurationError("set only one of HERALD_SMTP_STARTTLS and HERALD_SMTP_USE_TLS")
         self._from_header = one_line(settings.smtp_from)
@@ -309,6 +311,7 @@ class EmailChannel(Channel):
             timeout=settings.smtp_timeout_s,
             use_tls=settings.smtp_use_tls,
             start_tls=settings.smtp_starttls,
+            tls_context=self._tls_context,
         )
         self._clients.append(client)
         return client

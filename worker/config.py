@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_use_tls: bool = False
     smtp_from: str = "herald <security@example.com>"
+    smtp_ca_file: Path | None = Field(None, description="Trust this CA bundle for the relay's certificate.")
     smtp_timeout_s: float = Field(10.0, gt=0)
     smtp_connections: int = Field(4, ge=1, le=64, description="Connections per worker thread.")
     smtp_tries: int = Field(3, ge=1, le=10, description="Tries inside one attempt (tenacity).")

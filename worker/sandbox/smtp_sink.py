@@ -19,6 +19,7 @@ import email.policy
 import json
 import re
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -123,6 +124,7 @@ class SmtpSink:
         log_path: str | Path | None = None,
         on_message: Callable[[ReceivedMessage], None] | None = None,
         credentials: tuple[str, str] | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -130,6 +132,7 @@ class SmtpSink:
         self.log_path = Path(log_path) if log_path is not None else None
         self._on_message = on_message
         self._credentials = credentials
+        self._tls_context = tls_context
         self._cond = threading.Condition()
         self._messages: list[ReceivedMessage] = []
         self._count = 0
@@ -153,7 +156,9 @@ class SmtpSink:
             self._log = self.log_path.open("a", encoding="utf-8")
         kwargs: dict[str, Any] = {}
         if self._credentials is not None:
-            kwargs.update(authenticator=self._authenticate, auth_require_tls=False)
+            kwargs.update(authenticator=self._authenticate, auth_require_tls=self._tls_context is not None)
+        if self._tls_context is not None:
+            kwargs.update(tls_context=self._tls_context, require_starttls=True)
         controller = _Controller(
             _Handler(self), hostname=self.host, port=self.port, server_hostname="herald-sink", **kwargs
         )
