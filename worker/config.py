@@ -99,6 +99,8 @@ class Settings(BaseSettings):
         env: dict[str, str] = {}
         for name, info in type(self).model_fields.items():
             value = getattr(self, name)
+            if value is None:
+                continue  # unset stays unset: "None" would be read back as a value
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
             elif isinstance(value, tuple):
