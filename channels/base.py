@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Protocol, runtime_checkable
 
 from worker.errors import DeliveryError
 from worker.statuses import DeliveryStatus
@@ -88,3 +88,16 @@ class Channel(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - a channel without resources keeps this
         """Release connections and clients; the channel is not used afterwards."""
+
+
+@runtime_checkable
+class ReportsBack(Protocol):
+    """A channel whose provider reports the outcome later and can be asked for it."""
+
+    async def fetch_verdict(self, provider_message_id: str) -> tuple[DeliveryStatus | None, DeliveryError | None]:
+        """Where the provider says a sent message stands now; (None, None) while undecided.
+
+        Raises:
+            DeliveryError: the provider could not be asked.
+        """
+        ...

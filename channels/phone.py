@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from twilio.twiml.voice_response import VoiceResponse
 
 from channels.base import Channel, OutboundMessage, Receipt
-from channels.twilio_provider import TwilioProvider
+from channels.twilio_provider import TwilioProvider, call_verdict
 from worker.config import Settings
 from worker.contacts import check_phone
 from worker.errors import DeliveryError, PermanentDeliveryError
@@ -85,6 +85,11 @@ class PhoneChannel(Channel):
         except DeliveryError as error:
             return Receipt.failed(message.key, error, tries=self.settings.twilio_tries if error.transient else 1)
         return Receipt(key=message.key, status=DeliveryStatus.SENT, provider_message_id=str(created.sid), tries=tries)
+
+    async def fetch_verdict(self, provider_message_id: str) -> tuple[DeliveryStatus | None, DeliveryError | None]:
+        """Ask Twilio for the call's status, for when its final callback never came."""
+        status, _code = await self._provider.fetch_status("call", provider_message_id)
+        return call_verdict(status)
 
     async def aclose(self) -> None:
         """Close the HTTP session."""

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import phonenumbers
 
 from channels.base import Channel, OutboundMessage, Receipt
-from channels.twilio_provider import TwilioProvider
+from channels.twilio_provider import TwilioProvider, message_verdict
 from worker.config import Settings
 from worker.errors import DeliveryError, PermanentDeliveryError
 from worker.sms import segments
@@ -88,6 +88,11 @@ class SmsChannel(Channel):
             tries=tries,
             detail={"segments": count},
         )
+
+    async def fetch_verdict(self, provider_message_id: str) -> tuple[DeliveryStatus | None, DeliveryError | None]:
+        """Ask Twilio for the message's status, for when its final callback never came."""
+        status, code = await self._provider.fetch_status("message", provider_message_id)
+        return message_verdict(status, code)
 
     async def aclose(self) -> None:
         """Close the HTTP session."""

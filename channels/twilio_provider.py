@@ -22,6 +22,7 @@ from twilio.rest import Client
 
 from worker.config import Settings
 from worker.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from worker.statuses import DeliveryStatus
 
 T = TypeVar("T")
 
@@ -137,6 +138,21 @@ class TwilioProvider:
                 raise error
             await asyncio.sleep(self._retry_initial_s * 2 ** (tries - 1) + random.uniform(0, self._retry_initial_s))
 
+    async def fetch_status(self, kind: str, sid: str) -> tuple[str, str | None]:
+        """Ask Twilio where a message or call stands: (status, error code).
+
+        Raises:
+            DeliveryError: the request failed.
+        """
+
+        async def fetch(client: Client) -> Any:
+            resource = client.messages(sid) if kind == "message" else client.calls(sid)
+            return await resource.fetch_async()
+
+        found, _ = await self.call(fetch)
+        code = getattr(found, "error_code", None)
+        return str(found.status), (str(code) if code else None)
+
     async def aclose(self) -> None:
         """Close the aiohttp session of the current client."""
         if self._client is not None:
@@ -199,3 +215,43 @@ class RateLimiter:
             now = time.time()
             next_start = (now // bucket_s + 1) * bucket_s
             await asyncio.sleep(next_start - now + random.uniform(0, bucket_s * 0.05))
+
+
+#: Twilio message statuses, as herald's delivery statuses.
+MESSAGE_STATUS = {
+    "accepted": DeliveryStatus.SENT,
+    "scheduled": DeliveryStatus.SENT,
+    "queued": DeliveryStatus.SENT,
+    "sending": DeliveryStatus.SENT,
+    "sent": DeliveryStatus.SENT,
+    "delivered": DeliveryStatus.DELIVERED,
+    "read": DeliveryStatus.DELIVERED,
+    "undelivered": DeliveryStatus.FAILED,
+    "failed": DeliveryStatus.FAILED,
+    "canceled": DeliveryStatus.FAILED,
+}
+#: Call statuses that end a call without the person confirming.
+CALL_FAILED = frozenset({"busy", "no-answer", "failed", "canceled"})
+
+
+def message_verdict(status: str, error_code: str | None) -> tuple[DeliveryStatus | None, PermanentDeliveryError | None]:
+    """What a message status reported by Twilio means for the delivery (None: unknown status)."""
+    verdict = MESSAGE_STATUS.get(status.lower())
+    error = callback_error(status.lower(), error_code) if verdict is DeliveryStatus.FAILED else None
+    return verdict, error
+
+
+def call_verdict(status: str) -> tuple[DeliveryStatus | None, PermanentDeliveryError | None]:
+    """What a call status means: failed when the call ended unconfirmed, None while it goes on.
+
+    A confirmation (the keypress) always arrives before the call ends, so a call that is
+    ``completed`` and not yet acknowledged did not reach the person.
+    """
+    status = status.lower()
+    if status in CALL_FAILED:
+        return DeliveryStatus.FAILED, callback_error(status, None)
+    if status == "completed":
+        return DeliveryStatus.FAILED, PermanentDeliveryError(
+            "call ended without the person pressing 1", code="no-confirmation"
+        )
+    return None, None

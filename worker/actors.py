@@ -23,6 +23,7 @@ from worker.errors import ConfigurationError, InvalidEvent, PermanentDeliveryErr
 from worker.events import EVENT_TYPES
 from worker.fanout import finish_page, plan_page
 from worker.ingest import ingest as ingest_payload
+from worker.reconcile import reconcile
 from worker.runtime import Runtime
 from worker.store.engine import read_only, schema_is_current
 from worker.store.intake import IntakeOutcome, fanout_cursor
@@ -110,6 +111,10 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
             message = CurrentMessage.get_current_message()
             claimant = message.message_id if message is not None else "local"
             outcome = deliver_batch(runtime, event_id, channel, refs, claimant=claimant, step=step)
+            if outcome.awaiting:
+                reconcile_actor.send_with_options(
+                    args=(channel, list(outcome.awaiting), 1), delay=int(settings.confirmation_grace_s * 1000)
+                )
             if outcome.unfinished:
                 # Raising hands the batch to dramatiq's Retries; what was sent is skipped next time.
                 raise TransientDeliveryError(
@@ -118,6 +123,14 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
 
         deliver.__name__ = f"deliver_{channel}"
         return deliver
+
+    def reconcile_sent(channel: str, provider_message_ids: list[str], round_: int) -> None:
+        final = round_ >= settings.confirmation_rounds
+        still_open = reconcile(runtime, channel, provider_message_ids, final=final)
+        if still_open:
+            # Ask again later, waiting longer each round.
+            delay = int(settings.confirmation_grace_s * 1000 * 2**round_)
+            reconcile_actor.send_with_options(args=(channel, still_open, round_ + 1), delay=delay)
 
     def exhausted(message_data: dict[str, Any], retry_info: dict[str, Any]) -> None:
         channel = channel_of.get(message_data.get("actor_name", ""))
@@ -138,6 +151,9 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
     exhausted_actor = dramatiq.actor(
         actor_name="delivery_exhausted", queue_name=CONTROL_QUEUE, broker=broker, **retry_options
     )(exhausted)
+    reconcile_actor = dramatiq.actor(actor_name="reconcile", queue_name=CONTROL_QUEUE, broker=broker, **retry_options)(
+        reconcile_sent
+    )
     deliver_actors: dict[str, dramatiq.Actor[Any, Any]] = {}
     channel_of: dict[str, str] = {}
     for channel in settings.channels:

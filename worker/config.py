@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     # --- HTTP app (`herald serve`) -------------------------------------------------------
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=1, le=65_535)
+    confirmation_grace_s: float = Field(
+        600.0, gt=0, description="After this long without a final callback, herald asks the provider."
+    )
+    confirmation_rounds: int = Field(3, ge=1, le=10, description="Times herald asks before failing it.")
     callback_settle_s: float = Field(60.0, ge=0, description="How long a callback that beat its record is retried.")
 
     @field_validator("broker_url")

@@ -31,6 +31,7 @@ class BatchOutcome:
     retrying: int
     busy: int
     skipped: int
+    awaiting: tuple[str, ...] = ()  # provider ids accepted but not yet confirmed
 
     @property
     def unfinished(self) -> int:
@@ -73,6 +74,9 @@ def deliver_batch(
         retrying=counts[DeliveryStatus.RETRYING],
         busy=len(claim.busy),
         skipped=len(refs) - len(claim.attempts) - len(claim.busy),
+        awaiting=tuple(
+            r.provider_message_id for r in receipts if r.status is DeliveryStatus.SENT and r.provider_message_id
+        ),
     )
     log.info(
         "event %s %s batch: %d sent, %d failed, %d to retry, %d held elsewhere, %d already done",

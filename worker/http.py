@@ -24,7 +24,7 @@ from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import VoiceResponse
 
-from channels.twilio_provider import callback_error
+from channels.twilio_provider import call_verdict, message_verdict
 from worker.config import Settings
 from worker.errors import PermanentDeliveryError
 from worker.statuses import DeliveryStatus
@@ -32,22 +32,6 @@ from worker.store.engine import make_engine
 from worker.store.ledger import apply_pending_callbacks, pending_callback_count, receive_provider_status
 
 log = logging.getLogger("herald.http")
-
-#: Twilio message statuses, as herald's delivery statuses.
-MESSAGE_STATUS = {
-    "accepted": DeliveryStatus.SENT,
-    "scheduled": DeliveryStatus.SENT,
-    "queued": DeliveryStatus.SENT,
-    "sending": DeliveryStatus.SENT,
-    "sent": DeliveryStatus.SENT,
-    "delivered": DeliveryStatus.DELIVERED,
-    "read": DeliveryStatus.DELIVERED,
-    "undelivered": DeliveryStatus.FAILED,
-    "failed": DeliveryStatus.FAILED,
-    "canceled": DeliveryStatus.FAILED,
-}
-#: Call statuses that end a call without the person confirming.
-CALL_FAILED = {"busy", "no-answer", "failed", "canceled"}
 
 THANKS = {"en": "Thank you. Your confirmation has been recorded. Goodbye.", "zh-CN": "谢谢，您的确认已记录。再见。"}
 
@@ -97,13 +81,12 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
         if params is None:
             return PlainTextResponse("invalid signature", status_code=403)
         sid, reported = params.get("MessageSid", ""), params.get("MessageStatus", "").lower()
-        status = MESSAGE_STATUS.get(reported)
+        status, error = message_verdict(reported, params.get("ErrorCode"))
         if not sid or status is None:
             return PlainTextResponse("unknown message status", status_code=400)
         log.info("message %s reported %s", sid, reported)
         if status is DeliveryStatus.SENT:
             return Response(status_code=204)  # the worker recorded "sent" itself when Twilio accepted it
-        error = callback_error(reported, params.get("ErrorCode")) if status is DeliveryStatus.FAILED else None
         return await applied(sid, status, error)
 
     async def voice_status(request: Request) -> Response:
@@ -114,13 +97,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
         if not sid or not reported:
             return PlainTextResponse("CallSid and CallStatus are required", status_code=400)
         log.info("call %s reported %s", sid, reported)
-        if reported in CALL_FAILED:
-            return await applied(sid, DeliveryStatus.FAILED, callback_error(reported, None))
-        if reported == "completed":
-            # Confirmation arrives before the call ends; a call that ends unconfirmed did not reach them.
-            error = PermanentDeliveryError("call ended without the person pressing 1", code="no-confirmation")
-            return await applied(sid, DeliveryStatus.FAILED, error)
-        return Response(status_code=204)
+        status, error = call_verdict(reported)
+        if status is None:
+            return Response(status_code=204)  # still ringing or in progress
+        return await applied(sid, status, error)
 
     async def gather(request: Request) -> Response:
         params = await signed_form(request)

@@ -164,3 +164,33 @@ def test_the_sms_rate_limit_holds_across_worker_processes(twilio: Twilio, tmp_pa
     # the sandbox stamps them on arrival, so scheduling jitter on a shared machine may add a little.
     assert busiest <= limit * 1.2, f"{busiest} requests in one second with a limit of {limit}/s"
     assert twilio.sandbox.max_in_window(3.0) <= limit * 3 + 1
+
+
+def test_when_callbacks_never_arrive_herald_asks_twilio_and_every_delivery_ends_terminal(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """herald serve is down: no callback lands, yet nothing stays "sent" for ever."""
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    with TwilioSandbox(account_sid=SID, auth_token=TOKEN, callback_retries=0) as sandbox:
+        settings = make_settings(
+            channels=("sms", "phone"),
+            twilio_account_sid=SID,
+            twilio_auth_token=TOKEN,
+            twilio_base_url=sandbox.url,
+            public_url=unreachable,
+            sms_rate_per_second=500.0,
+            phone_rate_per_second=500.0,
+            confirmation_grace_s=1.0,
+        )
+        event = incident(phones(10))
+        with Pipeline(settings) as pipeline:
+            pipeline.publish(event)
+            pipeline.wait_terminal([event["event_id"]], timeout=90)
+            counts = pipeline.counts(event["event_id"])
+            rows = pipeline.ledger_rows(event["event_id"])
+        assert sandbox.callbacks and not any(cb.ok for cb in sandbox.callbacks)
+    # The carrier said "delivered" to Twilio; herald learnt it by asking.
+    assert counts[("sms", "delivered")] == 10
+    # Nobody could press 1 through a dead callback URL: the calls ended unconfirmed.
+    assert counts[("phone", "failed")] == 10
+    assert {r.error_code for r in rows if r.channel == "phone" and r.status == "failed"} == {"no-confirmation"}

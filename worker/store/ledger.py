@@ -246,7 +246,7 @@ def failure_reasons(conn: Connection, event_id: str) -> list[tuple[str, str, int
     return [(channel, code or "-", count, reason or "") for channel, code, count, reason in conn.execute(stmt)]
 
 
-def _apply_status(
+def apply_status(
     conn: Connection, provider_message_id: str, status: DeliveryStatus, error: DeliveryError | None
 ) -> bool | None:
     """Move the delivery with this provider id forward; None when no delivery has that id yet."""
@@ -317,7 +317,7 @@ def receive_provider_status(
         )
         .returning(provider_callbacks.c.id)
     ).scalar_one()
-    result = _apply_status(conn, provider_message_id, status, error)
+    result = apply_status(conn, provider_message_id, status, error)
     if result is not None:
         conn.execute(
             update(provider_callbacks).where(provider_callbacks.c.id == callback_id).values(applied_at=utcnow())
@@ -339,7 +339,7 @@ def apply_pending_callbacks(conn: Connection, provider_message_ids: Iterable[str
         error = None
         if row.error_class is not None:
             error = PermanentDeliveryError(row.reason or "", code=row.error_code)
-        if _apply_status(conn, row.provider_message_id, DeliveryStatus(row.status), error) is not None:
+        if apply_status(conn, row.provider_message_id, DeliveryStatus(row.status), error) is not None:
             conn.execute(
                 update(provider_callbacks).where(provider_callbacks.c.id == row.id).values(applied_at=utcnow())
             )
@@ -352,3 +352,16 @@ def pending_callback_count(conn: Connection, provider_message_id: str) -> int:
         provider_callbacks.c.provider_message_id == provider_message_id, provider_callbacks.c.applied_at.is_(None)
     )
     return int(conn.execute(stmt).scalar_one())
+
+
+def awaiting_verdict(conn: Connection, provider_message_ids: Sequence[str]) -> list[str]:
+    """Of these provider ids, those whose delivery is still only ``sent``."""
+    if not provider_message_ids:
+        return []
+    rows = conn.execute(
+        select(deliveries.c.provider_message_id).where(
+            deliveries.c.provider_message_id.in_(list(provider_message_ids)),
+            deliveries.c.status == DeliveryStatus.SENT.value,
+        )
+    )
+    return [pmid for (pmid,) in rows]

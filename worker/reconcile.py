@@ -1,0 +1,48 @@
+"""Reconciliation: ask the provider about messages whose final callback never came.
+
+A provider does not retry its status callbacks for long, and ``herald serve`` may be down
+when one is sent; without this, an SMS or call could stay ``sent`` for ever and its
+recipient would never reach a terminal status. Some time after a batch was sent, herald
+asks the provider about whatever is still ``sent``; after the last round, anything still
+undecided is failed with the reason, so that fallback can act on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from channels.base import ReportsBack
+from worker.errors import DeliveryError, PermanentDeliveryError
+from worker.runtime import Runtime
+from worker.statuses import DeliveryStatus
+from worker.store import ledger
+
+log = logging.getLogger("herald.reconcile")
+
+
+def reconcile(rt: Runtime, channel: str, provider_message_ids: Sequence[str], *, final: bool) -> list[str]:
+    """Apply the provider's current verdict to each still-``sent`` message; returns those still open."""
+    with rt.engine.connect() as conn:
+        open_ids = ledger.awaiting_verdict(conn, provider_message_ids)
+    sender = rt.channel(channel)
+    if not open_ids or not isinstance(sender, ReportsBack):
+        return []
+    still_open: list[str] = []
+    for pmid in open_ids:
+        try:
+            status, error = rt.run(sender.fetch_verdict(pmid))  # type: ignore[misc]
+        except DeliveryError as exc:
+            log.warning("could not ask the provider about %s: %s", pmid, exc.message)
+            status, error = None, None
+        if status is None or status is DeliveryStatus.SENT:
+            if not final:
+                still_open.append(pmid)
+                continue
+            status = DeliveryStatus.FAILED
+            error = PermanentDeliveryError("no final status from the provider", code="no-final-status")
+        with rt.engine.begin() as conn:
+            ledger.apply_status(conn, pmid, status, error)
+    if open_ids:
+        log.info("%s: asked the provider about %d messages, %d still open", channel, len(open_ids), len(still_open))
+    return still_open
