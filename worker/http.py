@@ -33,7 +33,7 @@ from worker.store.ledger import apply_pending_callbacks, pending_callback_count,
 
 log = logging.getLogger("herald.http")
 
-THANKS = {"en": "Thank you. Your confirmation has been recorded. Goodbye.", "zh-CN": "谢谢，您的确认已记录。再见。"}
+THANKS = "Thank you. Your confirmation has been recorded. Goodbye."
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
@@ -110,7 +110,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
         response = VoiceResponse()
         if sid and digits == "1":
             result = await run_in_threadpool(apply, sid, DeliveryStatus.ACKNOWLEDGED, None)
-            response.say(THANKS["en"])
+            response.say(THANKS)
             if result is None:
                 return Response(
                     str(response), media_type="application/xml", background=BackgroundTask(settle_later, sid)

@@ -185,7 +185,9 @@ def record(conn: Connection, receipts: Sequence[Receipt], attempts: dict[str, in
             .values(status=status.value, claimed_by=None, lease_until=None)
         )
         conn.execute(stmt, params)
-    apply_pending_callbacks(conn, [r.provider_message_id for r in receipts if r.provider_message_id])
+    # Only a message the provider accepted but has not judged yet can have a callback waiting.
+    awaiting = [r.provider_message_id for r in receipts if r.status is DeliveryStatus.SENT and r.provider_message_id]
+    apply_pending_callbacks(conn, awaiting)
 
 
 def _status_in(statuses: Iterable[DeliveryStatus]) -> ColumnElement[bool]:
