@@ -6,15 +6,18 @@ name, one default and one validation rule. Secrets are read from the environment
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Where the repository's ``templates/`` folder sits for an editable install.
 DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+#: The routing policy shipped with the repository.
+DEFAULT_ROUTING_FILE = Path(__file__).resolve().parent.parent / "routing.yaml"
 
 _BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -29,6 +32,7 @@ class Settings(BaseSettings):
     broker_url: str = Field("", description="redis://, rediss:// or unix://; empty = embedded.")
     database_url: str = Field("", description="SQLAlchemy URL; empty = SQLite under data_dir.")
     templates_dir: Path = DEFAULT_TEMPLATES_DIR
+    routing_file: Path = Field(DEFAULT_ROUTING_FILE, description="The routing policy (YAML).")
 
     # --- broker behaviour --------------------------------------------------------------
     broker_namespace: str = "dramatiq"
@@ -75,6 +79,24 @@ class Settings(BaseSettings):
     sms_concurrency: int = Field(16, ge=1, le=256, description="SMS requests in flight per worker thread.")
     phone_concurrency: int = Field(4, ge=1, le=256, description="Call requests in flight per worker thread.")
 
+    # --- backup providers --------------------------------------------------------------
+    providers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        repr=False,  # profiles may hold a backup relay's password
+        description="Named provider profiles (JSON): settings a backup provider uses instead of the primary's.",
+    )
+
+    # --- the public announcement ---------------------------------------------------------
+    announcements_dir: Path | None = Field(None, description="Static announcement site; empty = data_dir.")
+    announcements_url: str = Field("", description="Public URL of that site; empty = public_url + /announcements.")
+    announcement_webhook_url: str = Field("", description="POSTed to on every publication (e.g. the CMS).")
+    announcement_webhook_secret: SecretStr = Field(SecretStr(""), description="Signs webhook bodies (HMAC-SHA256).")
+    announcement_webhook_timeout_s: float = Field(10.0, gt=0)
+
+    # --- the dead-man check ----------------------------------------------------------------
+    sweep_interval_s: float = Field(30.0, gt=0, description="How often stuck recipients are looked for.")
+    stuck_after_s: float = Field(900.0, gt=0, description="A delivery unchanged this long is pushed on.")
+
     # --- HTTP app (`herald serve`) -------------------------------------------------------
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=1, le=65_535)
@@ -109,6 +131,8 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             elif isinstance(value, tuple):
                 value = ",".join(value)
+            elif isinstance(value, dict):
+                value = json.dumps(value, default=str)
             elif isinstance(value, bool):
                 value = "true" if value else "false"
             alias = info.validation_alias
@@ -121,6 +145,16 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'herald.db').resolve()}"
+
+    @property
+    def resolved_announcements_dir(self) -> Path:
+        """Where the static announcement site is written."""
+        return (self.announcements_dir or self.data_dir / "announcements").resolve()
+
+    @property
+    def resolved_announcements_url(self) -> str:
+        """The public base URL of the announcement site, without a trailing slash."""
+        return (self.announcements_url or f"{self.public_url.rstrip('/')}/announcements").rstrip("/")
 
     @property
     def embedded_redis_path(self) -> Path:

@@ -93,14 +93,32 @@ class Severity(str, Enum):
     CRITICAL = "critical"
 
 
+class IncidentStatus(str, Enum):
+    """Where the handling of an incident stands; its public announcement shows the timeline."""
+
+    INVESTIGATING = "investigating"
+    IDENTIFIED = "identified"
+    MONITORING = "monitoring"
+    RESOLVED = "resolved"
+
+
+#: A channel name in a recipient's opt-out list: lower-case letters, as the registry spells them.
+ChannelName = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+
+
 class RecipientIn(_Model):
-    """A recipient given inline; contacts are checked per recipient at fan-out."""
+    """A recipient given inline; contacts are checked per recipient at fan-out.
+
+    ``opt_out`` names channels the person asked not to be contacted on. It is honoured for
+    optional notices and overridden, with the reason in the ledger, for mandatory ones.
+    """
 
     user_id: Identifier
     name: Annotated[str, AfterValidator(_one_line), StringConstraints(max_length=200)] = ""
     email: Annotated[str, StringConstraints(strip_whitespace=True, max_length=320)] | None = None
     phone: Annotated[str, StringConstraints(strip_whitespace=True, max_length=32)] | None = None
     locale: str = "en"
+    opt_out: Annotated[list[ChannelName], Field(max_length=8)] = Field(default_factory=list)
 
     @field_validator("locale")
     @classmethod
@@ -155,10 +173,15 @@ Audience = Annotated[
 
 
 class SecurityIncidentData(_Model):
-    """A security incident notice: the five promised parts are all required."""
+    """A security incident notice: the five promised parts are all required.
+
+    A later event with the same ``incident_id`` is an update: it is sent like any notice and
+    appends to the incident's public announcement timeline (``status``).
+    """
 
     incident_id: Identifier
     severity: Severity
+    status: IncidentStatus = IncidentStatus.INVESTIGATING
     title: Line
     detected_at: AwareDatetime
     situation: Text
@@ -220,9 +243,13 @@ class ServiceNoticeKind(str, Enum):
 
 
 class ServiceNoticeData(_Model):
-    """A maintenance window or outage affecting some services."""
+    """A maintenance window or outage affecting some services.
+
+    ``severity`` picks the route; without one, maintenance is low and an outage is high.
+    """
 
     kind: ServiceNoticeKind
+    severity: Severity | None = None
     title: Line
     starts_at: AwareDatetime
     ends_at: AwareDatetime
@@ -235,6 +262,13 @@ class ServiceNoticeData(_Model):
         if self.ends_at <= self.starts_at:
             raise ValueError("ends_at must be after starts_at")
         return self
+
+    @property
+    def effective_severity(self) -> Severity:
+        """The severity given, or the kind's default (maintenance low, outage high)."""
+        if self.severity is not None:
+            return self.severity
+        return Severity.LOW if self.kind is ServiceNoticeKind.MAINTENANCE else Severity.HIGH
 
 
 class PolicyChangeData(_Model):
@@ -305,6 +339,39 @@ _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 def audience_of(event: Event) -> Audience:
     """The audience an event is addressed to."""
     return event.data.audience
+
+
+def severity_of(event: Event) -> Severity | None:
+    """How bad the event is, for routing; None for types that have no severity."""
+    if isinstance(event, SecurityIncident):
+        return event.data.severity
+    if isinstance(event, ServiceNotice):
+        return event.data.effective_severity
+    return None
+
+
+def is_mandatory(event: Event) -> bool:
+    """Whether the notice must reach people whatever their channel preferences.
+
+    The privacy policy and terms promise security-incident notices, account actions and
+    substantial policy changes; everything else is optional and honours opt-outs.
+    """
+    if isinstance(event, PolicyChange):
+        return event.data.substantial
+    return isinstance(event, SecurityIncident | AccountNotice)
+
+
+def topic_of(event: Event) -> str:
+    """What a public announcement is about: events with the same topic share one announcement.
+
+    Updates of an incident share its ``incident_id``; a policy change is its document and
+    version; every other event is its own topic.
+    """
+    if isinstance(event, SecurityIncident):
+        return f"incident:{event.data.incident_id}"
+    if isinstance(event, PolicyChange):
+        return f"policy:{event.data.document}:{event.data.version}"
+    return f"event:{event.event_id}"
 
 
 def event_json_schema() -> dict[str, Any]:

@@ -66,6 +66,9 @@ CHANNEL_TEMPLATES: dict[str, ChannelTemplates] = {
     "insite": ChannelTemplates("insite_subject.txt", "insite.txt"),
     "sms": ChannelTemplates(None, "sms.txt"),
     "phone": ChannelTemplates(None, "phone.txt"),
+    # The public announcement: a title, a plain-text entry (feeds, the webhook) and an HTML
+    # fragment for the entry on the announcement's page (autoescaped).
+    "announcement": ChannelTemplates("announcement_subject.txt", "announcement.txt", "announcement.html"),
 }
 
 #: The event types a channel has templates for, for channels that do not cover them all.

@@ -19,6 +19,8 @@ def test_settings_survive_the_trip_through_a_child_processes_environment(monkeyp
         twilio_account_sid="AC" + "2" * 32,
         twilio_auth_token="tok",
         sms_rate_per_second=3.5,
+        providers={"relay-2": {"smtp_host": "mx2.example.net", "smtp_port": 2525}},
+        announcement_webhook_secret="whsec",
     )
     for key, value in original.as_env().items():
         monkeypatch.setenv(key, value)
@@ -29,11 +31,18 @@ def test_settings_survive_the_trip_through_a_child_processes_environment(monkeyp
 
 def test_twilio_credentials_use_twilios_own_variable_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TWILIO_ACCOUNT_SID", "AC" + "9" * 32)
-    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "secret")
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "tok-3f9a")
     settings = Settings()
     assert settings.twilio_account_sid.endswith("9" * 32)
-    assert settings.twilio_auth_token.get_secret_value() == "secret"
-    assert "secret" not in repr(settings)
+    assert settings.twilio_auth_token.get_secret_value() == "tok-3f9a"
+    assert "tok-3f9a" not in repr(settings)
+
+
+def test_provider_profiles_come_from_json_and_never_show_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERALD_PROVIDERS", '{"relay-2": {"smtp_host": "mx2.example.net", "smtp_password": "pw-77"}}')
+    settings = Settings()
+    assert settings.providers == {"relay-2": {"smtp_host": "mx2.example.net", "smtp_password": "pw-77"}}
+    assert "pw-77" not in repr(settings)
 
 
 @pytest.mark.parametrize("url", ["http://localhost", "amqp://guest@localhost", "localhost:6379"])
