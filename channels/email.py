@@ -8,8 +8,9 @@ spliced in before ``sendmail``. Messages of a batch are spread over up to
 
 Failures never leave as aiosmtplib exceptions: ``map_smtp_error`` is the one place they
 become ``TransientDeliveryError`` (4xx, disconnects, timeouts) or ``PermanentDeliveryError``
-(5xx, bad address, failed login). Transient ones get a few quick tries here (tenacity);
-dramatiq does the long retries with the receipts this returns.
+(5xx, bad address, failed login), each marked ``provider=True`` when the relay rather than
+the recipient is at fault. Transient ones get a few quick tries here (tenacity); dramatiq
+does the long retries with the receipts this returns.
 
 Connections belong to the event loop that opened them: use one ``EmailChannel`` per loop
 (worker.runtime keeps one per thread). If the running loop changes, the pool starts afresh.
@@ -35,13 +36,16 @@ from aiosmtplib import (
     SMTP,
     SMTPAuthenticationError,
     SMTPConnectError,
+    SMTPConnectResponseError,
     SMTPConnectTimeoutError,
     SMTPException,
+    SMTPHeloError,
     SMTPNotSupported,
     SMTPRecipientRefused,
     SMTPRecipientsRefused,
     SMTPResponse,
     SMTPResponseException,
+    SMTPSenderRefused,
     SMTPServerDisconnected,
     SMTPTimeoutError,
 )
@@ -79,6 +83,11 @@ def map_smtp_error(exc: BaseException) -> DeliveryError:
     address the client refuses to send, an unsupported required extension and a failed
     certificate check are permanent. ``code`` is the SMTP reply code as a string (or None);
     ``message`` is one line, at most ``MAX_REPLY_CHARS`` of server text, addresses masked.
+
+    ``provider`` is True when the relay is at fault, whatever the recipient: it cannot be
+    reached, times out or hangs up, answers 421, refuses our greeting, HELO, sender or login,
+    fails TLS or lacks an extension. Replies about one recipient (RCPT, DATA) are the
+    recipient's, so a backup relay is not asked to try them again.
     """
     if isinstance(exc, DeliveryError):
         return exc
@@ -89,25 +98,27 @@ def map_smtp_error(exc: BaseException) -> DeliveryError:
         return _by_code(first.code, f"recipient refused: {_safe(first.message)}")
     if isinstance(exc, SMTPAuthenticationError):
         hint = "SMTP login failed, check HERALD_SMTP_USERNAME/PASSWORD"
-        return _by_code(exc.code, f"{hint}: {_safe(exc.message)}")
+        return _by_code(exc.code, f"{hint}: {_safe(exc.message)}", provider=True)
     if isinstance(exc, SMTPResponseException):
-        return _by_code(exc.code, f"{_reply_context(exc)}: {_safe(exc.message)}")
+        ours = isinstance(exc, SMTPConnectResponseError | SMTPHeloError | SMTPSenderRefused)
+        return _by_code(exc.code, f"{_reply_context(exc)}: {_safe(exc.message)}", provider=ours)
     if isinstance(exc, SMTPNotSupported):
-        return PermanentDeliveryError(f"SMTP server lacks a required feature: {_safe(exc.message)}")
+        return PermanentDeliveryError(f"SMTP server lacks a required feature: {_safe(exc.message)}", provider=True)
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return PermanentDeliveryError(f"TLS certificate check failed: {_safe(str(exc))}")
+        return PermanentDeliveryError(f"TLS certificate check failed: {_safe(str(exc))}", provider=True)
     if isinstance(exc, SMTPConnectTimeoutError):
-        return TransientDeliveryError("timed out connecting to the SMTP server")
+        return TransientDeliveryError("timed out connecting to the SMTP server", provider=True)
     if isinstance(exc, SMTPTimeoutError | TimeoutError):
-        return TransientDeliveryError("timed out waiting for the SMTP server")
+        return TransientDeliveryError("timed out waiting for the SMTP server", provider=True)
     if isinstance(exc, SMTPServerDisconnected):
-        return TransientDeliveryError(f"SMTP server disconnected: {_safe(exc.message)}")
+        return TransientDeliveryError(f"SMTP server disconnected: {_safe(exc.message)}", provider=True)
     if isinstance(exc, SMTPConnectError):
-        return TransientDeliveryError(f"cannot connect to the SMTP server: {_safe(exc.message)}")
+        return TransientDeliveryError(f"cannot connect to the SMTP server: {_safe(exc.message)}", provider=True)
     if isinstance(exc, OSError):
-        return TransientDeliveryError(f"network error talking to the SMTP server: {_safe(str(exc))}")
+        return TransientDeliveryError(f"network error talking to the SMTP server: {_safe(str(exc))}", provider=True)
     if isinstance(exc, SMTPException):
-        return TransientDeliveryError(f"SMTP error: {_safe(exc.message)}")
+        # aiosmtplib raises the bare class only for the session itself (no STARTTLS, no AUTH).
+        return TransientDeliveryError(f"SMTP error: {_safe(exc.message)}", provider=True)
     if isinstance(exc, ValueError):
         return PermanentDeliveryError(f"address cannot be sent over SMTP: {_safe(str(exc))}")
     return TransientDeliveryError(f"unexpected {type(exc).__name__} while sending email")
@@ -124,11 +135,12 @@ def one_line(text: str) -> str:
     return _CONTROL.sub(" ", text).strip()
 
 
-def _by_code(code: int, message: str) -> DeliveryError:
+def _by_code(code: int, message: str, *, provider: bool = False) -> DeliveryError:
     code_text = str(code) if code > 0 else None
+    provider = provider or code == 421  # "service not available, closing": the relay, at any step
     if 500 <= code < 600:
-        return PermanentDeliveryError(message, code=code_text)
-    return TransientDeliveryError(message, code=code_text)
+        return PermanentDeliveryError(message, code=code_text, provider=provider)
+    return TransientDeliveryError(message, code=code_text, provider=provider)
 
 
 def _reply_context(exc: SMTPResponseException) -> str:
@@ -424,7 +436,10 @@ class EmailChannel(Channel):
 
     @staticmethod
     def _skipped(key: DeliveryKey, outage: DeliveryError | None) -> Receipt:
-        error = outage or TransientDeliveryError("not attempted")
+        # Never tried because the relay failed us earlier: another relay may well take it.
+        error = outage or TransientDeliveryError("not attempted", provider=True)
+        if not error.provider:
+            error = type(error)(error.message, code=error.code, provider=True)
         status = DeliveryStatus.RETRYING if error.transient else DeliveryStatus.FAILED
         return Receipt(
             key=key,

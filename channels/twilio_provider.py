@@ -2,7 +2,8 @@
 
 The SMS and phone channels own what to say; this module owns how Twilio is spoken to.
 It is the one place where twilio's and aiohttp's exceptions become herald's
-``TransientDeliveryError`` / ``PermanentDeliveryError``.
+``TransientDeliveryError`` / ``PermanentDeliveryError``, marked ``provider=True`` when the
+account or Twilio itself is at fault rather than the number.
 """
 
 from __future__ import annotations
@@ -60,10 +61,17 @@ TRANSIENT_CODES: dict[int, str] = {
     20503: "Twilio service unavailable",
     30001: "queue overflow at Twilio",
 }
+# Permanent codes about our account or sender, not the number: another account may succeed.
+PROVIDER_CODES: frozenset[int] = frozenset({20003, 21603, 21606, 21408, 21215})
 
 
 def map_twilio_error(exc: BaseException) -> DeliveryError:
-    """Translate a twilio, aiohttp or socket exception into herald's error tree."""
+    """Translate a twilio, aiohttp or socket exception into herald's error tree.
+
+    ``provider`` is True for Twilio being unreachable, slow, rate limiting or failing, and for
+    refusals of our credentials, sender or enabled regions; number-specific codes are the
+    recipient's.
+    """
     if isinstance(exc, DeliveryError):
         return exc
     if isinstance(exc, TwilioRestException | TwilioServiceException):
@@ -71,16 +79,17 @@ def map_twilio_error(exc: BaseException) -> DeliveryError:
         code = int(exc.code) if exc.code else None
         shown = str(code if code is not None else f"http-{status}")
         if code in TRANSIENT_CODES:
-            return TransientDeliveryError(TRANSIENT_CODES[code], code=shown)
+            return TransientDeliveryError(TRANSIENT_CODES[code], code=shown, provider=True)
         if code in PERMANENT_CODES:
-            return PermanentDeliveryError(PERMANENT_CODES[code], code=shown)
+            return PermanentDeliveryError(PERMANENT_CODES[code], code=shown, provider=code in PROVIDER_CODES)
         if status == 429 or status >= 500:
-            return TransientDeliveryError(f"Twilio answered HTTP {status}", code=shown)
-        return PermanentDeliveryError(f"Twilio refused the request (HTTP {status})", code=shown)
+            return TransientDeliveryError(f"Twilio answered HTTP {status}", code=shown, provider=True)
+        refused = f"Twilio refused the request (HTTP {status})"
+        return PermanentDeliveryError(refused, code=shown, provider=code is None and status == 401)
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-        return TransientDeliveryError("Twilio did not answer in time", code="timeout")
+        return TransientDeliveryError("Twilio did not answer in time", code="timeout", provider=True)
     if isinstance(exc, aiohttp.ClientError | ConnectionError | OSError):
-        return TransientDeliveryError(f"cannot reach Twilio: {type(exc).__name__}", code="connection")
+        return TransientDeliveryError(f"cannot reach Twilio: {type(exc).__name__}", code="connection", provider=True)
     return TransientDeliveryError(f"unexpected error talking to Twilio: {type(exc).__name__}", code="unknown")
 
 

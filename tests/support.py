@@ -22,7 +22,9 @@ from worker.config import Settings
 from worker.store.engine import make_engine
 from worker.store.intake import event_summary
 from worker.store.ledger import outcome_counts, unfinished_count
-from worker.store.schema import ledger
+from worker.store.routes import open_count
+from worker.store.routes import outcome_counts as route_outcomes
+from worker.store.schema import ledger, routes
 
 
 def people(count: int, *, prefix: str = "u", domain: str = "example.com") -> list[dict[str, str]]:
@@ -88,18 +90,19 @@ class Pipeline:
         return publish(self.broker, ingest_message(payload))
 
     def wait_terminal(self, event_ids: Iterable[str], *, timeout: float = 60.0) -> None:
-        """Wait until every event's fan-out is done and all its deliveries are terminal."""
-        ids = list(event_ids)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.engine.connect() as conn:
-                summaries = [event_summary(conn, event_id) for event_id in ids]
-                if all(s is not None and s.fanout_done for s in summaries) and unfinished_count(conn, ids) == 0:
-                    return
-            time.sleep(0.1)
+        """Wait until every event's fan-out is done, every recipient has a terminal outcome
+        and every delivery is terminal."""
+        wait_terminal(self.engine, event_ids, timeout=timeout)
+
+    def outcomes(self, event_id: str) -> dict[str, int]:
+        """Recipients of one event by routing outcome."""
         with self.engine.connect() as conn:
-            state = {event_id: outcome_counts(conn, event_id) for event_id in ids}
-        raise AssertionError(f"deliveries not terminal after {timeout} s: {state}")
+            return route_outcomes(conn, event_id)
+
+    def routes(self, event_id: str) -> dict[str, Any]:
+        """Every recipient's route row of one event, by ref."""
+        with self.engine.connect() as conn:
+            return {r.recipient_ref: r for r in conn.execute(select(routes).where(routes.c.event_id == event_id))}
 
     def counts(self, event_id: str) -> dict[tuple[str, str], int]:
         """Deliveries of one event by (channel, status)."""
@@ -115,6 +118,57 @@ class Pipeline:
         """How many ledger rows an event has."""
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).where(ledger.c.event_id == event_id)).scalar_one())
+
+
+def wait_terminal(engine: Engine, event_ids: Iterable[str], *, timeout: float = 60.0) -> None:
+    """Wait until the events' fan-outs are done and every recipient and delivery is terminal."""
+    ids = list(event_ids)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            summaries = [event_summary(conn, event_id) for event_id in ids]
+            if (
+                all(s is not None and s.fanout_done for s in summaries)
+                and unfinished_count(conn, ids) == 0
+                and open_count(conn, ids) == 0
+            ):
+                return
+        time.sleep(0.1)
+    with engine.connect() as conn:
+        state = {event_id: (outcome_counts(conn, event_id), route_outcomes(conn, event_id)) for event_id in ids}
+    raise AssertionError(f"not terminal after {timeout} s: {state}")
+
+
+def write_routing(folder: Path, routes: str, *, channels: str = "", announce_all_above: int = 10_000) -> Path:
+    """A routing policy for one test: ``routes`` is the YAML of the routes list, indented by 2."""
+    path = folder / "routing.yaml"
+    path.write_text(
+        "version: 1\n"
+        "locales: [en, zh-CN]\n"
+        f"announce_all_above: {announce_all_above}\n"
+        + (f"channels:\n{channels}" if channels else "")
+        + f"routes:\n{routes}",
+        encoding="utf-8",
+    )
+    return path
+
+
+def every_type_at_once(channels: str) -> str:
+    """Routes that send every notice on ``channels`` (e.g. "[sms, phone]") in one stage.
+
+    Policy changes have no SMS or phone templates: they go by station letter, so a test
+    that uses this enables ``insite`` too.
+    """
+    return "".join(
+        f"  - name: {name}\n    match: {{type: {kind}}}\n    stages: [{{channels: {chans}, wait: 10m}}]\n"
+        f"    announce: {'false' if kind == 'account_notice' else 'true'}\n"
+        for name, kind, chans in (
+            ("incident", "security_incident", channels),
+            ("account", "account_notice", channels),
+            ("service", "service_notice", channels),
+            ("policy", "policy_change", "[insite]"),
+        )
+    )
 
 
 def start_workers(settings: Settings, log: Path, *, processes: int = 1, threads: int = 4) -> subprocess.Popen[bytes]:

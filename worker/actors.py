@@ -8,6 +8,7 @@ dramatiq's own CLI imports.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,23 +16,23 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import CurrentMessage, Middleware
 
-from channels import check_channels
+from channels import check_channels, check_providers
 from worker.broker import CONTROL_QUEUE, FANOUT_QUEUE, INGEST_ACTOR, INGEST_QUEUE, delivery_queue
 from worker.config import Settings
 from worker.delivery import deliver_batch, exhaust_batch
+from worker.dispatch import PUBLISH_ACTOR, Dispatch, enqueue
 from worker.errors import ConfigurationError, InvalidEvent, PermanentDeliveryError, TransientDeliveryError
-from worker.events import EVENT_TYPES
+from worker.events import Event
 from worker.fanout import finish_page, plan_page
 from worker.ingest import ingest as ingest_payload
+from worker.publishing import publish_announcement
 from worker.reconcile import reconcile
 from worker.runtime import Runtime
 from worker.store.engine import read_only, schema_is_current
 from worker.store.intake import IntakeOutcome, fanout_cursor
+from worker.sweep import claim_timer, sweep
 
 log = logging.getLogger("herald.actors")
-
-#: Locales every template set must provide.
-REQUIRED_LOCALES = ("en", "zh-CN")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class Actors:
     fanout: dramatiq.Actor[Any, Any]
     deliver: dict[str, dramatiq.Actor[Any, Any]]
     exhausted: dramatiq.Actor[Any, Any]
+    publish: dramatiq.Actor[Any, Any]
+    sweep: dramatiq.Actor[Any, Any]
     runtime: Runtime
 
 
@@ -55,14 +58,51 @@ class RuntimeCloser(Middleware):
         self.runtime.close()
 
 
+class SweepTicker(Middleware):
+    """Runs the dead-man check every ``sweep_interval_s`` from whichever worker wins the timer.
+
+    Every worker process ticks; the shared ``timers`` row lets one of them per interval
+    enqueue the sweep, so the check survives any worker (or Redis) going away.
+    """
+
+    def __init__(self, runtime: Runtime, send: Callable[[], object]) -> None:
+        self.runtime = runtime
+        self.send = send
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="herald-sweep-ticker", daemon=True)
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        interval = self.runtime.settings.sweep_interval_s
+        while not self._stop.wait(min(interval / 2, 5.0)):
+            try:
+                if claim_timer(self.runtime, interval):
+                    self.send()
+            except Exception as exc:  # the database or broker is away; the next tick tries again
+                log.warning("sweep timer: %s: %s", type(exc).__name__, " ".join(str(exc).split())[:200])
+
+
 def check_wiring(settings: Settings, runtime: Runtime) -> None:
     """Everything a worker needs, checked before it takes a message.
 
     Raises:
-        ConfigurationError: unknown channel, missing or broken template, or an old schema.
+        ConfigurationError: unknown channel, a bad routing policy or provider profile, a
+            missing or broken template, or an old schema.
     """
     check_channels(settings.channels)
-    runtime.renderer.check(EVENT_TYPES, settings.channels, REQUIRED_LOCALES)
+    policy = runtime.policy
+    policy.check(runtime.renderer, settings.channels)
+    for channel in sorted(policy.used_channels() & set(settings.channels)):
+        check_providers(settings, channel, policy.channels[channel].providers)
     if not schema_is_current(runtime.engine):
         raise ConfigurationError("the database schema is not current; run `herald migrate` first")
 
@@ -83,9 +123,20 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
         "max_backoff": settings.retry_max_backoff_ms,
     }
 
+    def planner(event: Event) -> str:
+        return runtime.policy.plan_for(event, settings.channels).to_json()
+
+    def hand_on(dispatch: Dispatch) -> None:
+        if dispatch:
+            enqueue(broker, dispatch)
+
     def ingest(payload: str | dict[str, Any]) -> None:
-        result = ingest_payload(runtime.engine, payload, max_bytes=settings.max_event_bytes)
-        if result.outcome is not IntakeOutcome.REJECTED and result.fanout_from is not None:
+        result = ingest_payload(runtime.engine, payload, max_bytes=settings.max_event_bytes, planner=planner)
+        if result.outcome is IntakeOutcome.REJECTED:
+            return
+        if result.republish is not None:
+            hand_on(Dispatch(publish={result.republish}))
+        if result.fanout_from is not None:
             assert result.event_id is not None
             fanout_actor.send(result.event_id, result.fanout_from)
 
@@ -95,14 +146,13 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
                 return  # another copy of this step already moved on
         page = plan_page(
             runtime.engine,
+            runtime.router,
             runtime.event(event_id),
             cursor,
-            channels=settings.channels,
             page_size=settings.page_size,
-            batch_size=settings.batch_size,
+            announce_all_above=runtime.policy.announce_all_above,
         )
-        for batch in page.batches:
-            deliver_actors[batch.channel].send(batch.event_id, batch.refs, 0)
+        hand_on(page.dispatch)
         if finish_page(runtime.engine, event_id, cursor, page) and page.next_cursor is not None:
             fanout_actor.send(event_id, page.next_cursor)
 
@@ -111,6 +161,7 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
             message = CurrentMessage.get_current_message()
             claimant = message.message_id if message is not None else "local"
             outcome = deliver_batch(runtime, event_id, channel, refs, claimant=claimant, step=step)
+            hand_on(outcome.dispatch)
             if outcome.awaiting:
                 reconcile_actor.send_with_options(
                     args=(channel, list(outcome.awaiting), 1), delay=int(settings.confirmation_grace_s * 1000)
@@ -126,19 +177,39 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
 
     def reconcile_sent(channel: str, provider_message_ids: list[str], round_: int) -> None:
         final = round_ >= settings.confirmation_rounds
-        still_open = reconcile(runtime, channel, provider_message_ids, final=final)
+        still_open, dispatch = reconcile(runtime, channel, provider_message_ids, final=final)
+        hand_on(dispatch)
         if still_open:
             # Ask again later, waiting longer each round.
             delay = int(settings.confirmation_grace_s * 1000 * 2**round_)
             reconcile_actor.send_with_options(args=(channel, still_open, round_ + 1), delay=delay)
 
     def exhausted(message_data: dict[str, Any], retry_info: dict[str, Any]) -> None:
-        channel = channel_of.get(message_data.get("actor_name", ""))
+        actor_name = message_data.get("actor_name", "")
         args = message_data.get("args") or []
-        if channel is None or len(args) < 2:
-            log.error("retry-exhausted notice for an unknown message: %s", message_data.get("actor_name"))
+        if actor_name == PUBLISH_ACTOR:
+            # The sweep publishes again later: people waiting for it never stay waiting for good.
+            log.error("announcement %s could not be published after every retry", args[0] if args else "?")
             return
-        exhaust_batch(runtime, args[0], channel, args[1], step=int(args[2]) if len(args) > 2 else 0)
+        channel = channel_of.get(actor_name)
+        if channel is None or len(args) < 2:
+            log.error("retry-exhausted notice for an unknown message: %s", actor_name)
+            return
+        hand_on(exhaust_batch(runtime, args[0], channel, args[1], step=int(args[2]) if len(args) > 2 else 0))
+
+    def publish(announcement_id: str) -> None:
+        published = publish_announcement(runtime, announcement_id)
+        if published is not None and published.again:
+            publish_actor.send(announcement_id)
+
+    def sweep_once() -> None:
+        result = sweep(runtime)
+        hand_on(result.dispatch)
+        for channel, pmids in result.unconfirmed.items():
+            if channel in deliver_actors:
+                reconcile_actor.send(channel, pmids, settings.confirmation_rounds)
+        for event_id, cursor in result.fanouts:
+            fanout_actor.send(event_id, cursor)
 
     ingest_actor = dramatiq.actor(
         actor_name=INGEST_ACTOR,
@@ -154,6 +225,15 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
     reconcile_actor = dramatiq.actor(actor_name="reconcile", queue_name=CONTROL_QUEUE, broker=broker, **retry_options)(
         reconcile_sent
     )
+    publish_actor = dramatiq.actor(
+        actor_name=PUBLISH_ACTOR,
+        queue_name=CONTROL_QUEUE,
+        broker=broker,
+        on_retry_exhausted="delivery_exhausted",
+        **retry_options,
+    )(publish)
+    # One sweep at a time is plenty; a sweep that fails is simply the next one's work.
+    sweep_actor = dramatiq.actor(actor_name="sweep", queue_name=CONTROL_QUEUE, broker=broker, max_retries=0)(sweep_once)
     deliver_actors: dict[str, dramatiq.Actor[Any, Any]] = {}
     channel_of: dict[str, str] = {}
     for channel in settings.channels:
@@ -167,4 +247,5 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
             **retry_options,
         )(make_deliver(channel))
         channel_of[name] = channel
-    return Actors(ingest_actor, fanout_actor, deliver_actors, exhausted_actor, runtime)
+    broker.add_middleware(SweepTicker(runtime, sweep_actor.send))
+    return Actors(ingest_actor, fanout_actor, deliver_actors, exhausted_actor, publish_actor, sweep_actor, runtime)

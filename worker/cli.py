@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -28,8 +28,12 @@ app = typer.Typer(
 )
 events_app = typer.Typer(help="Look at events herald received.", no_args_is_help=True)
 recipients_app = typer.Typer(help="Manage the recipients table.", no_args_is_help=True)
+routing_app = typer.Typer(help="The routing policy: channels, fallback chains, announcements.", no_args_is_help=True)
+announcements_app = typer.Typer(help="The public announcements.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 app.add_typer(recipients_app, name="recipients")
+app.add_typer(routing_app, name="routing")
+app.add_typer(announcements_app, name="announcements")
 
 out = Console()
 err = Console(stderr=True)
@@ -79,8 +83,18 @@ def worker(
 ) -> None:
     """Run dramatiq workers for every herald queue until interrupted."""
     settings = _settings()
-    _engine(settings)
+    engine = _engine(settings)
+    from worker.actors import check_wiring
     from worker.broker import worker_command
+    from worker.runtime import Runtime
+
+    # The workers check this too, but a bad routing file or template is clearer said once, here.
+    runtime = Runtime(settings)
+    runtime.__dict__["engine"] = engine
+    try:
+        check_wiring(settings, runtime)
+    finally:
+        runtime.close()
 
     args = worker_command(processes, threads, queues)
     # dramatiq's own supervisor takes over this process: signals, restarts and logs are its job.
@@ -178,14 +192,21 @@ def events_rejected(
 @events_app.command("show")
 def events_show(event_id: Annotated[str, typer.Argument(help="The event's id.")]) -> None:
     """Show one event's fan-out progress and delivery outcomes by channel and status."""
-    from worker.store.intake import event_summary, intake_counts
+    from worker.events import topic_of
+    from worker.store import announcements, routes
+    from worker.store.intake import event_summary, intake_counts, load_event
     from worker.store.ledger import outcome_counts
 
     settings = _settings()
+    announcement = None
     with _engine(settings).connect() as conn:
         summary = event_summary(conn, event_id)
         received = intake_counts(conn, event_id)
         counts = outcome_counts(conn, event_id)
+        outcomes = routes.outcome_counts(conn, event_id)
+        reached = routes.reached_by(conn, event_id)
+        if summary is not None:
+            announcement = announcements.by_topic(conn, topic_of(load_event(conn, event_id)))
     if summary is None:
         reason = "was rejected (see `herald events rejected`)" if received.get("rejected") else "was never accepted"
         fail(f"event {event_id!r} {reason}", 2)
@@ -196,6 +217,10 @@ def events_show(event_id: Annotated[str, typer.Argument(help="The event's id.")]
         highlight=False,
     )
     out.print(outcome_table(counts))
+    if outcomes:
+        out.print(recipient_table(outcomes, reached))
+    if announcement is not None:
+        out.print(announcement_line(settings, announcement), highlight=False)
 
 
 def outcome_table(counts: dict[tuple[str, str], int], title: str = "Deliveries") -> Table:
@@ -212,9 +237,159 @@ def outcome_table(counts: dict[tuple[str, str], int], title: str = "Deliveries")
     return table
 
 
+def recipient_table(outcomes: dict[str, int], reached: dict[str, int]) -> Table:
+    """A table of recipients by routing outcome, with the channels that reached them."""
+    table = Table(title="Recipients")
+    table.add_column("outcome")
+    table.add_column("count", justify="right")
+    table.add_column("detail", overflow="fold")
+    order = ["reached", "covered", "unreached", "covering", "in_progress"]
+    for outcome in sorted(outcomes, key=lambda o: order.index(o) if o in order else len(order)):
+        detail = ", ".join(f"{channel} {n}" for channel, n in sorted(reached.items())) if outcome == "reached" else ""
+        table.add_row(outcome.replace("_", " "), str(outcomes[outcome]), detail)
+    return table
+
+
+def announcement_line(settings: Settings, announcement: Any) -> str:
+    """Where an announcement is, and since when it is public."""
+    from worker.site import page_path
+
+    locale = "en"
+    url = f"{settings.resolved_announcements_url}/{page_path(announcement.id, locale)}"
+    path = settings.resolved_announcements_dir / page_path(announcement.id, locale)
+    if announcement.first_public_at is None:
+        return f"announcement {announcement.id}: not public yet (revision {announcement.revision})"
+    return (
+        f"announcement {announcement.id}: public since {announcement.first_public_at:%Y-%m-%d %H:%M:%S} UTC, "
+        f"revision {announcement.published_revision}; {url} (file {path})"
+    )
+
+
+@routing_app.command("check")
+def routing_check(
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Check this file instead of HERALD_ROUTING_FILE.")
+    ] = None,
+) -> None:
+    """Validate the routing policy against the templates and enabled channels; print its routes."""
+    from worker.policy import load_policy
+    from worker.runtime import Runtime
+
+    settings = _settings()
+    path = file or settings.routing_file
+    policy = load_policy(path)
+    runtime = Runtime(settings)
+    policy.check(runtime.renderer, settings.channels)
+    table = Table(title=f"Routes in {path} (first match wins)")
+    for column in ("route", "line", "matches", "stages", "announce"):
+        table.add_column(column, overflow="fold")
+    for route in policy.routes:
+        matches = route.event_type
+        if route.severities is not None:
+            matches += " " + "/".join(sorted(route.severities))
+        if route.substantial is not None:
+            matches += " substantial" if route.substantial else " not substantial"
+        stages = " → ".join(
+            f"{'+'.join(c for c in stage.channels if c in settings.channels) or '(disabled)'} "
+            f"({_duration(stage.wait_s)})"
+            for stage in route.stages
+        )
+        table.add_row(route.name, str(route.line), matches, stages, "yes" if route.announce else "no")
+    out.print(table)
+    out.print(f"routing policy is valid; enabled channels: {', '.join(settings.channels)}", highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+@announcements_app.command("list")
+def announcements_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List announcements: id, topic, revision, and since when each is public."""
+    from worker.site import page_path
+    from worker.store import announcements
+
+    settings = _settings()
+    with _engine(settings).connect() as conn:
+        rows = announcements.on_site(conn) + [
+            a for a in (announcements.get(conn, i) for i in announcements.stalled(conn, utcnow_())) if a is not None
+        ]
+    unique = {a.id: a for a in rows}.values()
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": a.id,
+                        "topic": a.topic,
+                        "revision": a.revision,
+                        "published_revision": a.published_revision,
+                        "first_public_at": a.first_public_at.isoformat() if a.first_public_at else None,
+                        "url": f"{settings.resolved_announcements_url}/{page_path(a.id, 'en')}",
+                    }
+                    for a in unique
+                ],
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+        return
+    if not unique:
+        out.print("no announcements")
+        return
+    table = Table(title=f"Announcements ({settings.resolved_announcements_dir})")
+    for column in ("id", "topic", "revision", "public since (UTC)", "url"):
+        table.add_column(column, overflow="fold")
+    for a in unique:
+        since = a.first_public_at.strftime("%Y-%m-%d %H:%M:%S") if a.first_public_at else "not yet"
+        table.add_row(
+            a.id,
+            a.topic,
+            f"{a.published_revision}/{a.revision}",
+            since,
+            f"{settings.resolved_announcements_url}/{page_path(a.id, 'en')}",
+        )
+    out.print(table)
+
+
+@announcements_app.command("publish")
+def announcements_publish(
+    announcement_id: Annotated[str, typer.Argument(help="The announcement's id (see `herald announcements list`).")],
+) -> None:
+    """Queue a publication of one announcement (regenerates the whole site; always safe)."""
+    from worker.broker import build_broker
+    from worker.dispatch import Dispatch, enqueue
+    from worker.store import announcements
+
+    settings = _settings()
+    with _engine(settings).connect() as conn:
+        found = announcements.get(conn, announcement_id)
+    if found is None:
+        fail(f"no announcement {announcement_id!r}", 2)
+    try:
+        broker = build_broker(settings)
+        enqueue(broker, Dispatch(publish={announcement_id}))
+        broker.close()
+    except BrokerUnavailable as exc:
+        fail(str(exc))
+    out.print(f"queued a publication of {announcement_id}", highlight=False)
+
+
+def utcnow_() -> Any:
+    """Now, for queries that want everything up to now."""
+    from worker.clock import utcnow
+
+    return utcnow()
+
+
 @recipients_app.command("import")
 def recipients_import(
-    file: Annotated[Path, typer.Argument(help="CSV with a header: user_id,name,email,phone,locale.")],
+    file: Annotated[Path, typer.Argument(help="CSV with a header: user_id,name,email,phone,locale[,opt_out].")],
 ) -> None:
     """Load or refresh recipients from a CSV file (for audiences by user_ids or all)."""
     from worker.store.recipients import import_csv

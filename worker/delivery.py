@@ -1,8 +1,10 @@
-"""Delivery of one batch on one channel: claim, render, send, record.
+"""Delivery of one batch on one channel: claim, render, send, record, route.
 
 The ledger is written on both sides of the provider call: the claim (a durable record)
 before it, the attempt row and status move after it. Whatever did not finish is left in a
-claimable state, and the caller raises so that dramatiq retries the message later.
+claimable state, and the caller raises so that dramatiq retries the message later. In the
+transaction that records a chunk, routing decides what the results mean for each person
+(reached, next stage, announcement); what it asks to send is returned to the caller.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from channels.base import DeliveryKey, OutboundMessage, Receipt
+from worker.clock import utcnow
+from worker.dispatch import Dispatch
 from worker.errors import PermanentDeliveryError
 from worker.runtime import Runtime
 from worker.statuses import DeliveryStatus
@@ -32,6 +36,7 @@ class BatchOutcome:
     busy: int
     skipped: int
     awaiting: tuple[str, ...] = ()  # provider ids accepted but not yet confirmed
+    dispatch: Dispatch = field(default_factory=Dispatch)  # what routing asks to send next
 
     @property
     def unfinished(self) -> int:
@@ -62,10 +67,12 @@ def deliver_batch(
         content = rt.renderer.render(event, channel, person.locale)
         messages.append(OutboundMessage(key=key, recipient=person, content=content))
 
-    receipts = _send_in_chunks(rt, channel, messages, claim.attempts) + erased
+    dispatch = Dispatch()
+    receipts = _send_in_chunks(rt, channel, messages, claim.attempts, dispatch) + erased
     if erased:
         with rt.engine.begin() as conn:
-            ledger.record(conn, erased, claim.attempts)
+            moves = ledger.record(conn, erased, claim.attempts)
+            dispatch.extend(rt.router.after_receipts(conn, event_id, erased, moves, now=utcnow()))
 
     counts = Counter(r.status for r in receipts)
     outcome = BatchOutcome(
@@ -77,6 +84,7 @@ def deliver_batch(
         awaiting=tuple(
             r.provider_message_id for r in receipts if r.status is DeliveryStatus.SENT and r.provider_message_id
         ),
+        dispatch=dispatch,
     )
     log.info(
         "event %s %s batch: %d sent, %d failed, %d to retry, %d held elsewhere, %d already done",
@@ -92,7 +100,7 @@ def deliver_batch(
 
 
 def _send_in_chunks(
-    rt: Runtime, channel: str, messages: list[OutboundMessage], attempts: dict[str, int]
+    rt: Runtime, channel: str, messages: list[OutboundMessage], attempts: dict[str, int], dispatch: Dispatch
 ) -> list[Receipt]:
     """Send and record a few messages at a time.
 
@@ -104,24 +112,31 @@ def _send_in_chunks(
     size = rt.settings.record_every
     for start in range(0, len(messages), size):
         chunk = messages[start : start + size]
-        sent: list[Receipt] = list(rt.run(rt.channel(channel).send(chunk)))  # type: ignore[call-overload]
-        with rt.engine.begin() as conn:
-            ledger.record(conn, sent, attempts)
+        sent: list[Receipt] = rt.run(rt.channel(channel).send(chunk))
+        _record(rt, sent, attempts, dispatch)
         receipts += sent
         outage = next((r.error for r in sent if r.error is not None), None)
         if outage is not None and outage.transient and all(r.status is DeliveryStatus.RETRYING for r in sent):
             rest = [Receipt.failed(m.key, outage, tries=0) for m in messages[start + size :]]
-            if rest:
-                with rt.engine.begin() as conn:
-                    ledger.record(conn, rest, attempts)
+            _record(rt, rest, attempts, dispatch)
             return receipts + rest
     return receipts
 
 
-def exhaust_batch(rt: Runtime, event_id: str, channel: str, refs: Sequence[str], *, step: int = 0) -> int:
-    """After dramatiq's last retry: every unfinished key of the batch becomes failed."""
+def _record(rt: Runtime, receipts: list[Receipt], attempts: dict[str, int], dispatch: Dispatch) -> None:
+    """Record receipts and route on them, in one transaction."""
+    if not receipts:
+        return
     with rt.engine.begin() as conn:
-        count = ledger.exhaust(conn, event_id, channel, refs, "retries exhausted", step=step)
-    if count:
-        log.warning("event %s %s: %d deliveries failed after the last retry", event_id, channel, count)
-    return count
+        moves = ledger.record(conn, receipts, attempts)
+        dispatch.extend(rt.router.after_receipts(conn, receipts[0].key.event_id, receipts, moves, now=utcnow()))
+
+
+def exhaust_batch(rt: Runtime, event_id: str, channel: str, refs: Sequence[str], *, step: int = 0) -> Dispatch:
+    """After dramatiq's last retry: every unfinished key of the batch fails, and its people move on."""
+    with rt.engine.begin() as conn:
+        failed = ledger.exhaust(conn, event_id, channel, refs, "retries exhausted", step=step)
+        dispatch = rt.router.after_receipts(conn, event_id, failed, now=utcnow())
+    if failed:
+        log.warning("event %s %s: %d deliveries failed after the last retry", event_id, channel, len(failed))
+    return dispatch

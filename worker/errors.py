@@ -12,6 +12,12 @@
         ├── TransientDeliveryError   retry later (4xx, disconnects, timeouts, 429/5xx)
         └── PermanentDeliveryError   retrying cannot help (5xx, refused recipient); fall back
 
+A ``DeliveryError`` also says whose fault it is. ``provider=True``: the provider failed
+(unreachable, timing out, overloaded, refusing our credentials or our sender, TLS), so a
+backup provider of the same channel may succeed. ``provider=False``: the failure is about
+this recipient (refused mailbox, invalid or unsubscribed number), so no provider can help.
+The two axes are independent: a refused login is permanent *and* the provider's.
+
 Vendor exceptions (aiosmtplib, twilio) are translated into these at the channel edge and
 never leak into the core.
 """
@@ -49,14 +55,18 @@ class EventConflict(InvalidEvent):
 
 
 class DeliveryError(HeraldError):
-    """One delivery failed; ``code`` is the provider's, ``message`` is safe to log."""
+    """One delivery failed; ``code`` is the provider's, ``message`` is safe to log.
+
+    ``provider`` is True when the provider itself failed, so another provider may succeed.
+    """
 
     transient: bool = False
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, provider: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.provider = provider
 
     @property
     def kind(self) -> str:

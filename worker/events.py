@@ -103,7 +103,9 @@ class IncidentStatus(str, Enum):
 
 
 #: A channel name in a recipient's opt-out list: lower-case letters, as the registry spells them.
-ChannelName = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+ChannelName = Annotated[
+    str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+]
 
 
 class RecipientIn(_Model):

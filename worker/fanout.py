@@ -1,110 +1,76 @@
-"""Fan-out: turn one page of an event's audience into per-channel delivery batches.
+"""Fan-out: put one page of an event's audience on the event's routing plan.
 
 The audience is streamed a page at a time (never held whole in memory): each fan-out
-message handles one page, enqueues that page's batches, then moves the event's cursor
-forward with a compare-and-set and hands the next page to a new message. Running a page
-twice (a redelivery) only re-enqueues batches whose keys the ledger already guards.
+message handles one page, puts its recipients on the plan's first stage (which opens
+that stage's deliveries), enqueues the batches, then moves the event's cursor forward
+with a compare-and-set and hands the next page to a new message. Running a page twice (a
+redelivery) starts nobody twice and only re-enqueues batches whose keys the ledger guards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, func, select
 
-from channels import get_spec
-from channels.base import Recipient
-from worker.errors import DeliveryError, PermanentDeliveryError
-from worker.events import AllAudience, Event, InlineAudience, UserIdsAudience, audience_of
-from worker.rendering import channel_covers
-from worker.store import ledger, recipients
+from worker.clock import utcnow
+from worker.dispatch import Dispatch
+from worker.events import AllAudience, Event, InlineAudience, UserIdsAudience, audience_of, topic_of
+from worker.routing import Router
+from worker.store import announcements, recipients
 from worker.store.intake import advance_fanout
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """Recipients of one event to send on one channel, as one broker message."""
-
-    event_id: str
-    channel: str
-    refs: list[str]
+from worker.store.schema import recipients as recipients_table
 
 
 @dataclass(frozen=True, slots=True)
 class Page:
     """What one fan-out step produced; ``next_cursor`` is None after the last page."""
 
-    batches: list[Batch] = field(default_factory=list)
+    dispatch: Dispatch = field(default_factory=Dispatch)
     next_cursor: str | None = None
     count: int = 0
-    failed_at_once: int = 0
 
 
-def _page_refs(
-    conn: Connection, event: Event, cursor: str, page_size: int
-) -> tuple[dict[str, str], recipients.ContactProblems, str | None]:
-    """Refs (user_id → ref) of the page at ``cursor``, contact problems, and the next cursor."""
+def _page_refs(conn: Connection, event: Event, cursor: str, page_size: int) -> tuple[list[str], str | None]:
+    """Refs of the page at ``cursor`` (people given inline are stored first), and the next cursor."""
     audience = audience_of(event)
     if isinstance(audience, AllAudience):
         refs = recipients.page_all(conn, cursor, page_size)
-        next_cursor = refs[-1] if len(refs) == page_size else None
-        return {ref: ref for ref in refs}, recipients.ContactProblems(), next_cursor
+        return refs, (refs[-1] if len(refs) == page_size else None)
     start = int(cursor or 0)
     end = start + page_size
     if isinstance(audience, InlineAudience):
-        people = audience.recipients[start:end]
-        mapping, problems = recipients.upsert_people(conn, people)
+        mapping, _problems = recipients.upsert_people(conn, audience.recipients[start:end])
         total = len(audience.recipients)
     else:
         assert isinstance(audience, UserIdsAudience)
         mapping = recipients.ensure_users(conn, audience.user_ids[start:end])
-        problems = recipients.ContactProblems()
         total = len(audience.user_ids)
-    return mapping, problems, (str(end) if end < total else None)
-
-
-def _unreachable(
-    channel: str, people: dict[str, str], loaded: dict[str, Recipient], problems: recipients.ContactProblems
-) -> dict[str, DeliveryError]:
-    """Recipients this channel cannot even try, with the reason (no or unusable contact)."""
-    contact = get_spec(channel).contact
-    failures: dict[str, DeliveryError] = {}
-    if contact is None:
-        return failures
-    known: dict[str, str] = getattr(problems, contact, {})
-    for user_id, ref in people.items():
-        person = loaded.get(ref)
-        if person is not None and getattr(person, contact, None):
-            continue
-        if user_id in known:
-            failures[ref] = PermanentDeliveryError(known[user_id], code="invalid-contact")
-        else:
-            failures[ref] = PermanentDeliveryError(f"no {contact.replace('_', ' ')} on record", code="no-contact")
-    return failures
+    return list(mapping.values()), (str(end) if end < total else None)
 
 
 def plan_page(
-    engine: Engine, event: Event, cursor: str, *, channels: Sequence[str], page_size: int, batch_size: int
+    engine: Engine, router: Router, event: Event, cursor: str, *, page_size: int, announce_all_above: int
 ) -> Page:
-    """Resolve one audience page, open its delivery rows, and cut it into batches."""
-    event_id = event.event_id
+    """Resolve one audience page and put it on the plan; the batches come back to be enqueued.
+
+    An ``{"all": true}`` audience bigger than ``announce_all_above`` is told one by one *and*
+    gets the public announcement at once, on the first page: waiting for individual
+    failures among that many people would leave the public uninformed for too long.
+    """
+    now = utcnow()
     with engine.begin() as conn:
-        people, problems, next_cursor = _page_refs(conn, event, cursor, page_size)
-        loaded = recipients.load(conn, people.values())
-        # For an {"all": true} page the mapping is ref → ref; translate to user ids for problems.
-        if isinstance(audience_of(event), AllAudience):
-            people = {person.user_id: ref for ref, person in loaded.items()}
-        batches: list[Batch] = []
-        failed = 0
-        refs = list(people.values())
-        for channel in [c for c in channels if channel_covers(c, event.type)]:
-            failures = _unreachable(channel, people, loaded, problems)
-            failed += len(failures)
-            to_send = ledger.open_deliveries(conn, event_id, channel, refs, failures=failures)
-            for i in range(0, len(to_send), batch_size):
-                batches.append(Batch(event_id, channel, to_send[i : i + batch_size]))
-    return Page(batches=batches, next_cursor=next_cursor, count=len(refs), failed_at_once=failed)
+        refs, next_cursor = _page_refs(conn, event, cursor, page_size)
+        dispatch = router.start(conn, event.event_id, refs, now)
+        if cursor == "" and isinstance(audience_of(event), AllAudience):
+            route = router.route_of(conn, event.event_id)
+            if route is not None and route.plan.announce:
+                everybody = int(conn.execute(select(func.count()).select_from(recipients_table)).scalar_one())
+                if everybody > announce_all_above:
+                    found = announcements.ensure(conn, topic_of(event), event.type, event.event_id, now, router.slug)
+                    if not found.public:
+                        dispatch.publish.add(found.id)
+    return Page(dispatch=dispatch, next_cursor=next_cursor, count=len(refs))
 
 
 def finish_page(engine: Engine, event_id: str, cursor: str, page: Page) -> bool:

@@ -1,46 +1,71 @@
-"""herald's HTTP app (``herald serve``): Twilio status callbacks and health, for now.
+"""herald's HTTP app (``herald serve``): Twilio status callbacks, the public announcements, health.
 
 Every Twilio request is checked against ``X-Twilio-Signature`` computed over the public URL
 (``HERALD_PUBLIC_URL`` + path), not the URL this process happens to see behind a proxy. An
 unsigned or wrongly signed request gets 403 and changes nothing. Callbacks join deliveries
-on the provider's SID, and statuses only move forward.
+on the provider's SID, and statuses only move forward. A callback that settles a person's
+stage (an SMS undelivered, a call unanswered) moves them down their chain right here, in
+the same transaction, and the next stage's batches are handed to the broker.
 
-Ingest, the inbox, announcements and metrics join this app in later issues.
+``/announcements`` serves the static announcement site exactly as it was published.
+Ingest, the inbox and metrics join this app in later issues.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
+import dramatiq
 from sqlalchemy import Engine, text
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import VoiceResponse
 
 from channels.twilio_provider import call_verdict, message_verdict
+from worker.broker import build_broker
+from worker.clock import utcnow
 from worker.config import Settings
+from worker.dispatch import Dispatch, enqueue
 from worker.errors import PermanentDeliveryError
+from worker.routing import Router
+from worker.site import announcement_slug
 from worker.statuses import DeliveryStatus
 from worker.store.engine import make_engine
-from worker.store.ledger import apply_pending_callbacks, pending_callback_count, receive_provider_status
+from worker.store.ledger import Move, apply_pending_callbacks, pending_callback_count, receive_provider_status
 
 log = logging.getLogger("herald.http")
 
 THANKS = "Thank you. Your confirmation has been recorded. Goodbye."
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
-    """The ASGI app, bound to one database and one Twilio auth token."""
+def create_app(settings: Settings, engine: Engine | None = None, broker: dramatiq.Broker | None = None) -> Starlette:
+    """The ASGI app, bound to one database, one broker and one Twilio auth token."""
     db = engine or make_engine(settings.resolved_database_url)
     validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
     public = settings.public_url.rstrip("/")
+    router = Router(batch_size=settings.batch_size, slug=announcement_slug)
+    owned: list[dramatiq.Broker] = []  # built on first use, closed at shutdown
+
+    def hand_on(dispatch: Dispatch) -> None:
+        """Enqueue what routing decided; if Redis is away, the dead-man check sends it later."""
+        if not dispatch:
+            return
+        if broker is None and not owned:
+            owned.append(build_broker(settings))
+        try:
+            enqueue(broker or owned[0], dispatch)
+        except Exception as exc:  # the decision is committed; the sweep re-sends pending rows
+            log.warning("could not enqueue the next stage now (%s); the dead-man check will", type(exc).__name__)
 
     async def signed_form(request: Request) -> dict[str, str] | None:
         form = await request.form()
@@ -52,17 +77,23 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             return None
         return params
 
-    def apply(sid: str, status: DeliveryStatus, error: PermanentDeliveryError | None) -> bool | None:
+    def apply(sid: str, status: DeliveryStatus, error: PermanentDeliveryError | None) -> Move | bool | None:
         with db.begin() as conn:
-            return receive_provider_status(conn, sid, status, error)
+            result = receive_provider_status(conn, sid, status, error)
+            dispatch = router.after_moves(conn, [result], utcnow()) if isinstance(result, Move) else Dispatch()
+        hand_on(dispatch)
+        return result
 
     async def settle_later(sid: str) -> None:
         """A callback that beat the worker's record: apply it as soon as the record exists."""
 
         def attempt() -> int:
             with db.begin() as conn:
-                apply_pending_callbacks(conn, [sid])
-                return pending_callback_count(conn, sid)
+                moves = apply_pending_callbacks(conn, [sid])
+                dispatch = router.after_moves(conn, moves, utcnow())
+                left = pending_callback_count(conn, sid)
+            hand_on(dispatch)
+            return left
 
         for _ in range(int(settings.callback_settle_s / 0.5)):
             await asyncio.sleep(0.5)
@@ -130,11 +161,22 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
         except Exception as exc:  # any database failure makes the service unhealthy
             return JSONResponse({"status": "error", "database": type(exc).__name__}, status_code=503)
 
+    site = settings.resolved_announcements_dir
+    site.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        for opened in owned:
+            opened.close()
+
     return Starlette(
         routes=[
             Route("/twilio/status", message_status, methods=["POST"]),
             Route("/twilio/voice-status", voice_status, methods=["POST"]),
             Route("/twilio/gather", gather, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
-        ]
+            Mount("/announcements", app=StaticFiles(directory=site, html=True), name="announcements"),
+        ],
+        lifespan=lifespan,
     )

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine
 
+from worker.clock import utcnow
 from worker.errors import InvalidEvent
-from worker.events import body_digest, decode_payload, validate_event
+from worker.events import Event, body_digest, decode_payload, topic_of, validate_event
+from worker.store import announcements
 from worker.store.intake import IntakeOutcome, accept_event, fanout_cursor, record_intake
 
 log = logging.getLogger("herald.ingest")
@@ -22,12 +25,17 @@ log = logging.getLogger("herald.ingest")
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
-    """What became of a payload; ``fanout_from`` is set when fan-out must (re)start there."""
+    """What became of a payload; ``fanout_from`` is set when fan-out must (re)start there.
+
+    ``republish`` names an announcement that this event updates (a later event of an
+    incident that is already announced): it must be published again.
+    """
 
     outcome: IntakeOutcome
     event_id: str | None
     reason: str | None = None
     fanout_from: str | None = None
+    republish: str | None = None
 
 
 def _excerpt(payload: bytes | str | dict[str, Any]) -> tuple[str, int]:
@@ -40,15 +48,25 @@ def _excerpt(payload: bytes | str | dict[str, Any]) -> tuple[str, int]:
     return text[:4_096], len(text.encode("utf-8", errors="replace"))
 
 
-def ingest(engine: Engine, payload: bytes | str | dict[str, Any], *, max_bytes: int) -> IngestResult:
-    """Validate and store one event; never raises for bad input."""
+def ingest(
+    engine: Engine,
+    payload: bytes | str | dict[str, Any],
+    *,
+    max_bytes: int,
+    planner: Callable[[Event], str] | None = None,
+) -> IngestResult:
+    """Validate and store one event with its routing plan (``planner``); never raises for bad input."""
     excerpt, size = _excerpt(payload)
     obj: dict[str, Any] | None = None
+    republish: str | None = None
     try:
         obj = decode_payload(payload, max_bytes=max_bytes)
         event = validate_event(obj)
+        plan = planner(event) if planner is not None else None
         with engine.begin() as conn:
-            outcome = accept_event(conn, event, body_digest(obj), obj)
+            outcome = accept_event(conn, event, body_digest(obj), obj, plan=plan)
+            if outcome is IntakeOutcome.ACCEPTED:
+                republish = announcements.bump(conn, topic_of(event), utcnow())
             record_intake(
                 conn,
                 outcome,
@@ -77,4 +95,4 @@ def ingest(engine: Engine, payload: bytes | str | dict[str, Any], *, max_bytes: 
         log.info("duplicate of event %s ignored", event.event_id)
     # A duplicate of an event whose fan-out never finished restarts it where it stands:
     # the first copy may have died between storing the event and enqueueing the fan-out.
-    return IngestResult(outcome, event.event_id, fanout_from=cursor)
+    return IngestResult(outcome, event.event_id, fanout_from=cursor, republish=republish)

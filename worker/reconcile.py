@@ -13,6 +13,8 @@ import logging
 from collections.abc import Sequence
 
 from channels.base import ReportsBack
+from worker.clock import utcnow
+from worker.dispatch import Dispatch
 from worker.errors import DeliveryError, PermanentDeliveryError
 from worker.runtime import Runtime
 from worker.statuses import DeliveryStatus
@@ -21,17 +23,23 @@ from worker.store import ledger
 log = logging.getLogger("herald.reconcile")
 
 
-def reconcile(rt: Runtime, channel: str, provider_message_ids: Sequence[str], *, final: bool) -> list[str]:
-    """Apply the provider's current verdict to each still-``sent`` message; returns those still open."""
+def reconcile(
+    rt: Runtime, channel: str, provider_message_ids: Sequence[str], *, final: bool
+) -> tuple[list[str], Dispatch]:
+    """Apply the provider's current verdict to each still-``sent`` message.
+
+    Returns the ids still open, and what routing asks to send now that some are decided.
+    """
+    dispatch = Dispatch()
     with rt.engine.connect() as conn:
         open_ids = ledger.awaiting_verdict(conn, provider_message_ids)
     sender = rt.channel(channel)
     if not open_ids or not isinstance(sender, ReportsBack):
-        return []
+        return [], dispatch
     still_open: list[str] = []
     for pmid in open_ids:
         try:
-            status, error = rt.run(sender.fetch_verdict(pmid))  # type: ignore[misc]
+            status, error = rt.run(sender.fetch_verdict(pmid))
         except DeliveryError as exc:
             log.warning("could not ask the provider about %s: %s", pmid, exc.message)
             status, error = None, None
@@ -42,7 +50,9 @@ def reconcile(rt: Runtime, channel: str, provider_message_ids: Sequence[str], *,
             status = DeliveryStatus.FAILED
             error = PermanentDeliveryError("no final status from the provider", code="no-final-status")
         with rt.engine.begin() as conn:
-            ledger.apply_status(conn, pmid, status, error)
+            moved = ledger.apply_status(conn, pmid, status, error)
+            if isinstance(moved, ledger.Move):
+                dispatch.extend(rt.router.after_moves(conn, [moved], utcnow()))
     if open_ids:
         log.info("%s: asked the provider about %d messages, %d still open", channel, len(open_ids), len(still_open))
-    return still_open
+    return still_open, dispatch

@@ -11,6 +11,8 @@ of names (``CHANNEL_TEMPLATES``). Three things matter here:
   result is cached per (event, channel, locale): a fan-out to thousands renders once.
 * **Start-up checks.** ``check()`` names every missing template and renders every template
   against a sample event, so a broken template stops the worker before the first incident.
+  ``check_pairs()`` does the same for exactly the (event type, channel) pairs a routing
+  policy uses, and ``template_files()`` names the files one pair needs in one locale.
 
 SMS and phone are text only. An SMS is cut to ``sms_max_segments`` with ``worker.sms.fit``
 (a link to the full notice replaces what is cut), and ``check()`` refuses an SMS template
@@ -78,6 +80,12 @@ CHANNEL_EVENT_TYPES: dict[str, frozenset[str]] = {
     "sms": frozenset({"security_incident", "account_notice", "service_notice"}),
     "phone": frozenset({"security_incident", "account_notice", "service_notice"}),
 }
+
+#: The public announcement site's chrome (``worker.site``): ``_site/index.html``, its root
+#: page, and in ``_site/<locale>/`` an index and a page per announcement for each locale.
+SITE_FOLDER = "_site"
+SITE_ROOT_TEMPLATE = "index.html"
+SITE_LOCALE_TEMPLATES = ("index.html", "page.html")
 
 #: Default most segments an SMS may take (``HERALD_SMS_MAX_SEGMENTS``).
 DEFAULT_SMS_MAX_SEGMENTS = 3
@@ -376,6 +384,50 @@ class Renderer:
 
     # --- start-up check ----------------------------------------------------------------
 
+    def template_files(self, event_type: str, channel: str, locale: str) -> list[str]:
+        """The files ``channel`` needs for ``event_type`` in exactly ``locale``, so a check can name what is missing.
+
+        Paths are relative to ``templates_dir``. The locale folder is matched exactly (ignoring
+        case, ``_`` as ``-``), never by language or English fallback: a fallback would hide a
+        missing translation.
+
+        Raises:
+            ConfigurationError: an unknown event type or channel, or a channel that has no
+                templates for the event type (``CHANNEL_EVENT_TYPES``).
+        """
+        names = self._templates_for(channel)
+        if event_type not in EVENT_TYPES:
+            raise ConfigurationError(f"unknown event type {event_type!r}; known: {', '.join(EVENT_TYPES)}")
+        if not channel_covers(channel, event_type):
+            covered = ", ".join(sorted(CHANNEL_EVENT_TYPES[channel]))
+            raise ConfigurationError(f"no {channel} template for {event_type}; {channel} covers {covered}")
+        folder = self._exact_folder(event_type, locale)
+        return [f"{event_type}/{folder}/{name}" for name in filter(None, names)]
+
+    def site_template_files(self, locale: str | None = None) -> list[str]:
+        """The announcement site's templates for ``locale`` (``None``: its root page), for policies that announce."""
+        if locale is None:
+            return [f"{SITE_FOLDER}/{SITE_ROOT_TEMPLATE}"]
+        # The site builder opens ``_site/<locale>/`` as spelled, so no case-folding here.
+        return [f"{SITE_FOLDER}/{locale}/{name}" for name in SITE_LOCALE_TEMPLATES]
+
+    def check_pairs(self, pairs: Iterable[tuple[str, str]], locales: Iterable[str]) -> None:
+        """Fail now, not mid-incident, if a template of exactly these pairs is missing or broken.
+
+        The same test as ``check()``, for the given (event type, channel) pairs in each of
+        ``locales`` (exact locale folders, no English added): what a routing policy uses.
+
+        Raises:
+            ConfigurationError: one line naming an unknown event type or channel, a pair the
+                channel has no templates for, every missing template file, the first template
+                that fails to render, or the first SMS template whose sample is too long.
+        """
+        wanted = list(dict.fromkeys(pairs))
+        locs = list(dict.fromkeys(locales))
+        for event_type, channel in wanted:
+            self.template_files(event_type, channel, FALLBACK_LOCALE)  # raises for a pair it cannot render
+        self._check_templates(wanted, locs)
+
     def check(self, event_types: Iterable[str], channels: Iterable[str], locales: Iterable[str]) -> None:
         """Fail now, not mid-incident, if a template is missing or broken.
 
@@ -404,17 +456,26 @@ class Renderer:
                 f"no templates for channel(s) {', '.join(map(repr, unknown_channels))}; "
                 f"rendered channels: {', '.join(CHANNEL_TEMPLATES)}"
             )
+        pairs = [(t, c) for t in types for c in chans if channel_covers(c, t)]
+        self._check_templates(pairs, [*locs, FALLBACK_LOCALE])
 
+    def _exact_folder(self, kind: str, locale: str) -> str:
+        """The folder of ``kind`` whose name is ``locale`` (case-insensitive), else ``locale`` itself."""
+        by_key = {_locale_key(name): name for name in self.available_locales(kind)}
+        return by_key.get(_locale_key(locale), locale)
+
+    def _check_templates(self, pairs: list[tuple[str, str]], locales: list[str]) -> None:
+        """Require and sample-render the templates of known, covered (event type, channel) pairs."""
+        by_type: dict[str, list[str]] = {}
+        for event_type, channel in pairs:
+            by_type.setdefault(event_type, []).append(channel)
         missing: list[str] = []
         present: list[tuple[str, str]] = []
         sms_paths: set[str] = set()
-        for event_type in types:
-            by_key = {_locale_key(name): name for name in self.available_locales(event_type)}
-            for locale in [*locs, FALLBACK_LOCALE]:
-                folder = by_key.get(_locale_key(locale), locale)
+        for event_type, chans in by_type.items():
+            for locale in locales:
+                folder = self._exact_folder(event_type, locale)
                 for channel in chans:
-                    if not channel_covers(channel, event_type):
-                        continue
                     for name in filter(None, CHANNEL_TEMPLATES[channel]):
                         path = f"{event_type}/{folder}/{name}"
                         if not (self.templates_dir / path).is_file():

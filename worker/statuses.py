@@ -1,4 +1,9 @@
-"""Delivery statuses and the one rule that moves them: forward only."""
+"""Statuses, and the one rule that moves them: forward only.
+
+A *delivery* is one (event, recipient, channel, step); a *route* is one (event, recipient)
+walking the event's routing plan. The ledger also records what routing decided, with the
+statuses in ``RouteMark``.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ class DeliveryStatus(str, Enum):
     DELIVERED = "delivered"
     ACKNOWLEDGED = "acknowledged"
     FAILED = "failed"
+    SKIPPED = "skipped"  # deliberately not used for this person: opted out, throttled
 
     @property
     def terminal(self) -> bool:
@@ -22,7 +28,9 @@ class DeliveryStatus(str, Enum):
         return self in TERMINAL
 
 
-TERMINAL = frozenset({DeliveryStatus.DELIVERED, DeliveryStatus.ACKNOWLEDGED, DeliveryStatus.FAILED})
+TERMINAL = frozenset(
+    {DeliveryStatus.DELIVERED, DeliveryStatus.ACKNOWLEDGED, DeliveryStatus.FAILED, DeliveryStatus.SKIPPED}
+)
 
 _RANK = {
     DeliveryStatus.PENDING: 0,
@@ -31,6 +39,7 @@ _RANK = {
     DeliveryStatus.SENT: 2,
     DeliveryStatus.DELIVERED: 3,
     DeliveryStatus.FAILED: 3,
+    DeliveryStatus.SKIPPED: 3,
     DeliveryStatus.ACKNOWLEDGED: 4,
 }
 _IN_FLIGHT = frozenset({DeliveryStatus.SENDING, DeliveryStatus.RETRYING})
@@ -40,7 +49,9 @@ def can_move(old: DeliveryStatus, new: DeliveryStatus) -> bool:
     """Whether a delivery may go from ``old`` to ``new`` without moving backwards."""
     if old in _IN_FLIGHT and new in _IN_FLIGHT:
         return True
-    if old is DeliveryStatus.FAILED:
+    if new is DeliveryStatus.SKIPPED:
+        return old is DeliveryStatus.PENDING  # a channel is skipped before it is tried, never after
+    if old in (DeliveryStatus.FAILED, DeliveryStatus.SKIPPED):
         return False
     return _RANK[new] > _RANK[old]
 
@@ -48,3 +59,31 @@ def can_move(old: DeliveryStatus, new: DeliveryStatus) -> bool:
 def statuses_before(new: DeliveryStatus) -> list[DeliveryStatus]:
     """Every status from which ``new`` may be reached; used in guarded UPDATEs."""
     return [old for old in DeliveryStatus if can_move(old, new)]
+
+
+class RouteOutcome(str, Enum):
+    """Where one recipient of one event stands on the routing plan."""
+
+    IN_PROGRESS = "in_progress"  # a stage is being tried
+    COVERING = "covering"  # every channel failed; waiting for the public announcement to go up
+    REACHED = "reached"  # a channel confirmed it reached the person
+    COVERED = "covered"  # covered by the public announcement
+    UNREACHED = "unreached"  # every channel failed and this notice is never announced publicly
+
+    @property
+    def terminal(self) -> bool:
+        """Reached, covered and unreached never change again."""
+        return self in ROUTE_TERMINAL
+
+
+ROUTE_TERMINAL = frozenset({RouteOutcome.REACHED, RouteOutcome.COVERED, RouteOutcome.UNREACHED})
+
+
+class RouteMark(str, Enum):
+    """Ledger statuses of routing decisions (channel ``route`` or ``announcement``)."""
+
+    FALLBACK = "fallback"  # the recipient moves on to the next stage; ``reason`` says why
+    OVERRIDE = "override"  # a preference was overridden for a mandatory notice; ``reason`` says why
+    COVERED = "covered"  # covered by the announcement named in ``provider_message_id``
+    UNREACHED = "unreached"  # nothing left to try
+    PUBLISHED = "published"  # the announcement itself went public (recipient ``public``)

@@ -12,6 +12,7 @@ from aiosmtplib import (
     SMTPConnectResponseError,
     SMTPConnectTimeoutError,
     SMTPDataError,
+    SMTPException,
     SMTPHeloError,
     SMTPNotSupported,
     SMTPReadTimeoutError,
@@ -34,48 +35,57 @@ def refused(code: int, text: str = "mailbox problem", rcpt: str = "bob@example.c
     return SMTPRecipientRefused(code, text, rcpt)
 
 
-CASES: list[tuple[str, BaseException, type[DeliveryError], str | None]] = [
-    ("421 service closing", SMTPResponseException(421, "4.3.2 Service shutting down"), T, "421"),
-    ("450 mailbox busy", SMTPDataError(450, "4.2.0 Mailbox busy"), T, "450"),
-    ("451 local error", SMTPDataError(451, "4.3.0 Local error in processing"), T, "451"),
-    ("452 insufficient storage", SMTPDataError(452, "4.3.1 Insufficient system storage"), T, "452"),
-    ("550 no such user", refused(550, "5.1.1 User unknown"), P, "550"),
-    ("551 user not local", refused(551, "5.1.6 User not local"), P, "551"),
-    ("552 storage exceeded", SMTPDataError(552, "5.2.2 Mailbox full"), P, "552"),
-    ("553 sender not allowed", SMTPSenderRefused(553, "5.1.8 Bad sender", "herald@example.com"), P, "553"),
-    ("554 transaction failed", SMTPDataError(554, "5.7.1 Message rejected as spam"), P, "554"),
-    ("501 helo refused", SMTPHeloError(501, "5.5.4 Invalid domain"), P, "501"),
-    ("greeting 421", SMTPConnectResponseError(421, "Too many connections"), T, "421"),
-    ("greeting 554", SMTPConnectResponseError(554, "No SMTP service here"), P, "554"),
-    ("all refused 4xx", SMTPRecipientsRefused([refused(450, "4.2.1 Try later")]), T, "450"),
-    ("all refused 5xx", SMTPRecipientsRefused([refused(550, "5.1.1 Unknown")]), P, "550"),
-    ("refused, no reply", SMTPRecipientsRefused([]), T, None),
-    ("auth 535", SMTPAuthenticationError(535, "5.7.8 Authentication credentials invalid"), P, "535"),
-    ("auth 454", SMTPAuthenticationError(454, "4.7.0 Temporary authentication failure"), T, "454"),
-    ("disconnected", SMTPServerDisconnected("Connection lost"), T, None),
-    ("connect error", SMTPConnectError("Error connecting to mail on port 25"), T, None),
-    ("connect timeout", SMTPConnectTimeoutError("Timed out connecting"), T, None),
-    ("smtp timeout", SMTPTimeoutError("Timed out"), T, None),
-    ("read timeout", SMTPReadTimeoutError("Timed out waiting for server response"), T, None),
-    ("asyncio timeout", asyncio.TimeoutError(), T, None),  # noqa: UP041 - the name asyncio code uses
-    ("connection refused", ConnectionRefusedError(111, "Connection refused"), T, None),
-    ("connection reset", ConnectionResetError(104, "Connection reset by peer"), T, None),
-    ("os error", OSError(113, "No route to host"), T, None),
-    ("tls certificate", ssl.SSLCertVerificationError("certificate verify failed"), P, None),
-    ("extension missing", SMTPNotSupported("SMTPUTF8 is not supported by this server"), P, None),
-    ("bad address", ValueError("Address contains a newline"), P, None),
-    ("odd reply code", SMTPResponseException(-1, "Malformed reply"), T, None),
-    ("something else", RuntimeError("boom"), T, None),
+# name, vendor exception, our error, code, provider (True: the relay failed, a backup relay may succeed)
+CASES: list[tuple[str, BaseException, type[DeliveryError], str | None, bool]] = [
+    ("421 service closing", SMTPResponseException(421, "4.3.2 Service shutting down"), T, "421", True),
+    ("450 mailbox busy", SMTPDataError(450, "4.2.0 Mailbox busy"), T, "450", False),
+    ("451 local error", SMTPDataError(451, "4.3.0 Local error in processing"), T, "451", False),
+    ("452 insufficient storage", SMTPDataError(452, "4.3.1 Insufficient system storage"), T, "452", False),
+    ("550 no such user", refused(550, "5.1.1 User unknown"), P, "550", False),
+    ("551 user not local", refused(551, "5.1.6 User not local"), P, "551", False),
+    ("552 storage exceeded", SMTPDataError(552, "5.2.2 Mailbox full"), P, "552", False),
+    ("553 sender not allowed", SMTPSenderRefused(553, "5.1.8 Bad sender", "herald@example.com"), P, "553", True),
+    ("554 transaction failed", SMTPDataError(554, "5.7.1 Message rejected as spam"), P, "554", False),
+    ("501 helo refused", SMTPHeloError(501, "5.5.4 Invalid domain"), P, "501", True),
+    ("greeting 421", SMTPConnectResponseError(421, "Too many connections"), T, "421", True),
+    ("greeting 554", SMTPConnectResponseError(554, "No SMTP service here"), P, "554", True),
+    ("all refused 4xx", SMTPRecipientsRefused([refused(450, "4.2.1 Try later")]), T, "450", False),
+    ("all refused 5xx", SMTPRecipientsRefused([refused(550, "5.1.1 Unknown")]), P, "550", False),
+    ("refused, no reply", SMTPRecipientsRefused([]), T, None, False),
+    ("auth 535", SMTPAuthenticationError(535, "5.7.8 Authentication credentials invalid"), P, "535", True),
+    ("auth 454", SMTPAuthenticationError(454, "4.7.0 Temporary authentication failure"), T, "454", True),
+    ("disconnected", SMTPServerDisconnected("Connection lost"), T, None, True),
+    ("connect error", SMTPConnectError("Error connecting to mail on port 25"), T, None, True),
+    ("connect timeout", SMTPConnectTimeoutError("Timed out connecting"), T, None, True),
+    ("smtp timeout", SMTPTimeoutError("Timed out"), T, None, True),
+    ("read timeout", SMTPReadTimeoutError("Timed out waiting for server response"), T, None, True),
+    ("asyncio timeout", asyncio.TimeoutError(), T, None, True),  # noqa: UP041 - the name asyncio code uses
+    ("connection refused", ConnectionRefusedError(111, "Connection refused"), T, None, True),
+    ("connection reset", ConnectionResetError(104, "Connection reset by peer"), T, None, True),
+    ("os error", OSError(113, "No route to host"), T, None, True),
+    ("tls certificate", ssl.SSLCertVerificationError("certificate verify failed"), P, None, True),
+    ("extension missing", SMTPNotSupported("SMTPUTF8 is not supported by this server"), P, None, True),
+    ("bad address", ValueError("Address contains a newline"), P, None, False),
+    ("odd reply code", SMTPResponseException(-1, "Malformed reply"), T, None, False),
+    ("something else", RuntimeError("boom"), T, None, False),
+    ("rcpt 421", SMTPRecipientsRefused([refused(421, "4.3.2 Closing connection")]), T, "421", True),
+    ("no starttls", SMTPException("SMTP STARTTLS extension not supported by server."), T, None, True),
+    ("no auth", SMTPException("The SMTP AUTH extension is not supported by this server."), T, None, True),
 ]
 
 
-@pytest.mark.parametrize(("exc", "expected", "code"), [case[1:] for case in CASES], ids=[c[0] for c in CASES])
-def test_vendor_error_maps_to_our_error(exc: BaseException, expected: type[DeliveryError], code: str | None) -> None:
+@pytest.mark.parametrize(
+    ("exc", "expected", "code", "provider"), [case[1:] for case in CASES], ids=[c[0] for c in CASES]
+)
+def test_vendor_error_maps_to_our_error(
+    exc: BaseException, expected: type[DeliveryError], code: str | None, provider: bool
+) -> None:
     error = map_smtp_error(exc)
 
     assert type(error) is expected
     assert error.code == code
     assert error.transient is (expected is T)
+    assert error.provider is provider
     assert error.message and "\n" not in error.message
 
 

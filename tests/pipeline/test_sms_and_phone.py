@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Pipeline, incident, start_workers, stop_workers
+from support import Pipeline, every_type_at_once, incident, start_workers, stop_workers, write_routing
 
 from worker.config import Settings
 from worker.events import parse_event
@@ -42,15 +42,18 @@ class Twilio:
 
 
 @pytest.fixture
-def twilio(make_settings: Callable[..., Settings]) -> Iterator[Twilio]:
-    """A Twilio sandbox and herald's callback app, wired to each other."""
+def twilio(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[Twilio]:
+    """A Twilio sandbox and herald's callback app, wired to each other; every notice goes out
+    on every enabled channel at once (these tests are about the channels, not routing)."""
     port = free_port()
     public = f"http://127.0.0.1:{port}"
+    routing = write_routing(tmp_path, every_type_at_once("[sms, phone]"))
     with TwilioSandbox(account_sid=SID, auth_token=TOKEN) as sandbox:
 
         def build(**overrides: Any) -> Settings:
             values: dict[str, Any] = {
-                "channels": ("sms", "phone"),
+                "channels": ("insite", "sms", "phone"),
+                "routing_file": routing,
                 "twilio_account_sid": SID,
                 "twilio_auth_token": TOKEN,
                 "twilio_base_url": sandbox.url,
@@ -107,7 +110,7 @@ def test_invalid_numbers_never_reach_twilio_and_unsubscribed_ones_fail_permanent
     ]
     twilio.sandbox.set_faults(fail_numbers={"+14155550999": 21610})
     event = incident(people)
-    with Pipeline(twilio.settings(channels=("sms",))) as pipeline:
+    with Pipeline(twilio.settings(channels=("insite", "sms"))) as pipeline:
         pipeline.publish(event)
         pipeline.wait_terminal([event["event_id"]], timeout=60)
         rows = {r.recipient_ref: r for r in pipeline.ledger_rows(event["event_id"]) if r.status == "failed"}
@@ -126,7 +129,7 @@ def test_invalid_numbers_never_reach_twilio_and_unsubscribed_ones_fail_permanent
 def test_429_and_500_answers_are_retried_until_every_sms_is_delivered(twilio: Twilio) -> None:
     twilio.sandbox.set_faults(rate_429=0.3, rate_500=0.1, seed=7)
     event = incident(phones(60))
-    with Pipeline(twilio.settings(channels=("sms",))) as pipeline:
+    with Pipeline(twilio.settings(channels=("insite", "sms"))) as pipeline:
         pipeline.publish(event)
         pipeline.wait_terminal([event["event_id"]], timeout=120)
         counts = pipeline.counts(event["event_id"])
@@ -147,7 +150,7 @@ def test_429_and_500_answers_are_retried_until_every_sms_is_delivered(twilio: Tw
 def test_the_sms_rate_limit_holds_across_worker_processes(twilio: Twilio, tmp_path: Path) -> None:
     limit = 10
     event = incident(phones(60))
-    settings = twilio.settings(channels=("sms",), sms_rate_per_second=float(limit), batch_size=10)
+    settings = twilio.settings(channels=("insite", "sms"), sms_rate_per_second=float(limit), batch_size=10)
     watcher = Pipeline(settings, threads=1)  # publishes and watches; two worker processes do the sending
     workers = start_workers(settings, tmp_path / "workers.log", processes=2, threads=2)
     try:
@@ -167,13 +170,14 @@ def test_the_sms_rate_limit_holds_across_worker_processes(twilio: Twilio, tmp_pa
 
 
 def test_when_callbacks_never_arrive_herald_asks_twilio_and_every_delivery_ends_terminal(
-    make_settings: Callable[..., Settings],
+    make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     """herald serve is down: no callback lands, yet nothing stays "sent" for ever."""
     unreachable = f"http://127.0.0.1:{free_port()}"
     with TwilioSandbox(account_sid=SID, auth_token=TOKEN, callback_retries=0) as sandbox:
         settings = make_settings(
-            channels=("sms", "phone"),
+            channels=("insite", "sms", "phone"),
+            routing_file=write_routing(tmp_path, every_type_at_once("[sms, phone]")),
             twilio_account_sid=SID,
             twilio_auth_token=TOKEN,
             twilio_base_url=sandbox.url,

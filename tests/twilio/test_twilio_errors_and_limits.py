@@ -27,38 +27,48 @@ def service(status: int, code: int) -> TwilioServiceException:
 
 
 @pytest.mark.parametrize(
-    ("exc", "kind", "code"),
+    ("exc", "kind", "code", "provider"),
     [
-        (rest(400, 21211), PermanentDeliveryError, "21211"),
-        (rest(400, 21614), PermanentDeliveryError, "21614"),
-        (rest(400, 21610), PermanentDeliveryError, "21610"),
-        (rest(400, 21408), PermanentDeliveryError, "21408"),
-        (rest(400, 21612), PermanentDeliveryError, "21612"),
-        (rest(400, 21606), PermanentDeliveryError, "21606"),
-        (rest(400, 21217), PermanentDeliveryError, "21217"),
-        (rest(400, 13224), PermanentDeliveryError, "13224"),
-        (rest(401, 20003), PermanentDeliveryError, "20003"),
-        (rest(400, 99999), PermanentDeliveryError, "99999"),
-        (rest(404, None), PermanentDeliveryError, "http-404"),
-        (rest(429, 20429), TransientDeliveryError, "20429"),
-        (rest(429, None), TransientDeliveryError, "http-429"),
-        (rest(500, 20500), TransientDeliveryError, "20500"),
-        (rest(503, 20503), TransientDeliveryError, "20503"),
-        (rest(502, None), TransientDeliveryError, "http-502"),
-        (service(400, 21211), PermanentDeliveryError, "21211"),
-        (service(429, 20429), TransientDeliveryError, "20429"),
-        (service(500, 20500), TransientDeliveryError, "20500"),
-        (TimeoutError(), TransientDeliveryError, "timeout"),
-        (TimeoutError(), TransientDeliveryError, "timeout"),
-        (aiohttp.ClientConnectionError(), TransientDeliveryError, "connection"),
-        (aiohttp.ServerDisconnectedError(), TransientDeliveryError, "connection"),
-        (ConnectionRefusedError(), TransientDeliveryError, "connection"),
+        (rest(400, 21211), PermanentDeliveryError, "21211", False),
+        (rest(400, 21614), PermanentDeliveryError, "21614", False),
+        (rest(400, 21610), PermanentDeliveryError, "21610", False),
+        (rest(400, 21408), PermanentDeliveryError, "21408", True),
+        (rest(400, 21612), PermanentDeliveryError, "21612", False),
+        (rest(400, 21606), PermanentDeliveryError, "21606", True),
+        (rest(400, 21217), PermanentDeliveryError, "21217", False),
+        (rest(400, 13224), PermanentDeliveryError, "13224", False),
+        (rest(401, 20003), PermanentDeliveryError, "20003", True),
+        (rest(400, 99999), PermanentDeliveryError, "99999", False),
+        (rest(404, None), PermanentDeliveryError, "http-404", False),
+        (rest(429, 20429), TransientDeliveryError, "20429", True),
+        (rest(429, None), TransientDeliveryError, "http-429", True),
+        (rest(500, 20500), TransientDeliveryError, "20500", True),
+        (rest(503, 20503), TransientDeliveryError, "20503", True),
+        (rest(502, None), TransientDeliveryError, "http-502", True),
+        (service(400, 21211), PermanentDeliveryError, "21211", False),
+        (service(429, 20429), TransientDeliveryError, "20429", True),
+        (service(500, 20500), TransientDeliveryError, "20500", True),
+        (TimeoutError(), TransientDeliveryError, "timeout", True),
+        (TimeoutError(), TransientDeliveryError, "timeout", True),
+        (aiohttp.ClientConnectionError(), TransientDeliveryError, "connection", True),
+        (aiohttp.ServerDisconnectedError(), TransientDeliveryError, "connection", True),
+        (ConnectionRefusedError(), TransientDeliveryError, "connection", True),
+        (rest(400, 21603), PermanentDeliveryError, "21603", True),
+        (rest(400, 21215), PermanentDeliveryError, "21215", True),
+        (rest(400, 21214), PermanentDeliveryError, "21214", False),
+        (rest(404, 20404), PermanentDeliveryError, "20404", False),
+        (rest(401, None), PermanentDeliveryError, "http-401", True),
+        (rest(400, None), PermanentDeliveryError, "http-400", False),
+        (rest(429, 30001), TransientDeliveryError, "30001", True),
+        (ValueError("odd"), TransientDeliveryError, "unknown", False),
     ],
 )
-def test_vendor_errors_map_to_transient_or_permanent(exc: BaseException, kind: type, code: str) -> None:
+def test_vendor_errors_map_to_transient_or_permanent(exc: BaseException, kind: type, code: str, provider: bool) -> None:
+    """``provider``: Twilio or our account failed, so a backup account may succeed; else the number is at fault."""
     error = map_twilio_error(exc)
     assert type(error) is kind
     assert error.code == code
+    assert error.provider is provider
     assert "\n" not in error.message and "+1" not in error.message
 
 

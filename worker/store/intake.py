@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from worker.clock import as_utc, utcnow
 from worker.errors import EventConflict
-from worker.events import Event, validate_event
+from worker.events import Event, topic_of, validate_event
 from worker.store.schema import events, intake
 
 EXCERPT_CHARS = 4_096
@@ -70,12 +70,16 @@ def record_intake(
     )
 
 
-def accept_event(conn: Connection, event: Event, digest: str, body: dict[str, Any]) -> IntakeOutcome:
-    """Store an accepted event once; a second identical copy is a duplicate.
+def accept_event(
+    conn: Connection, event: Event, digest: str, body: dict[str, Any], *, plan: str | None = None
+) -> IntakeOutcome:
+    """Store an accepted event once, with the routing plan it will be sent under; a second
+    identical copy is a duplicate (and keeps the first copy's plan).
 
     Raises:
         EventConflict: the event_id is already stored with a different body.
     """
+    now = utcnow()
     row = {
         "event_id": event.event_id,
         "event_type": event.type,
@@ -83,8 +87,11 @@ def accept_event(conn: Connection, event: Event, digest: str, body: dict[str, An
         "digest": digest,
         "body": json.dumps(body, ensure_ascii=False, separators=(",", ":")),
         "occurred_at": event.occurred_at,
-        "accepted_at": utcnow(),
+        "accepted_at": now,
         "fanout_cursor": "",
+        "fanout_updated_at": now,
+        "topic": topic_of(event),
+        "plan": plan,
     }
     module = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = module.insert(events).values(**row).on_conflict_do_nothing().returning(events.c.event_id)
@@ -126,6 +133,7 @@ def advance_fanout(conn: Connection, event_id: str, cursor: str, next_cursor: st
     values: dict[str, Any] = {
         "fanout_cursor": next_cursor if next_cursor is not None else cursor,
         "recipients_total": func.coalesce(events.c.recipients_total, 0) + count,
+        "fanout_updated_at": utcnow(),
     }
     if next_cursor is None:
         values["fanout_done_at"] = utcnow()
@@ -187,3 +195,18 @@ def intake_counts(conn: Connection, event_id: str) -> dict[str, int]:
         select(intake.c.outcome, func.count()).where(intake.c.event_id == event_id).group_by(intake.c.outcome)
     )
     return {outcome: count for outcome, count in rows}
+
+
+def stalled_fanouts(conn: Connection, before: datetime, limit: int = 100) -> list[tuple[str, str]]:
+    """(event_id, cursor) of fan-outs that have not moved since before ``before``."""
+    rows = conn.execute(
+        select(events.c.event_id, events.c.fanout_cursor)
+        .where(events.c.fanout_done_at.is_(None), events.c.fanout_updated_at < before)
+        .limit(limit)
+    )
+    return [(event_id, cursor or "") for event_id, cursor in rows]
+
+
+def touch_fanout(conn: Connection, event_id: str) -> None:
+    """Mark a fan-out as just handed on, so the dead-man check waits a while before trying again."""
+    conn.execute(update(events).where(events.c.event_id == event_id).values(fanout_updated_at=utcnow()))

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, select, text, update
@@ -23,8 +23,8 @@ from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, se
 from channels.base import DeliveryKey, Receipt
 from worker.clock import utcnow
 from worker.errors import DeliveryError, PermanentDeliveryError
-from worker.statuses import TERMINAL, DeliveryStatus, statuses_before
-from worker.store.dialect import insert_ignoring_conflicts
+from worker.statuses import TERMINAL, DeliveryStatus, RouteMark, statuses_before
+from worker.store.dialect import insert_ignoring_conflicts, insert_returning_new
 from worker.store.schema import deliveries, ledger, provider_callbacks
 
 
@@ -36,13 +36,17 @@ def open_deliveries(
     *,
     step: int = 0,
     failures: dict[str, DeliveryError] | None = None,
+    skips: dict[str, DeliveryError] | None = None,
 ) -> list[str]:
     """Create the delivery rows of one channel for a page of recipients.
 
-    Recipients in ``failures`` (no usable contact) are recorded at once as failed, with a
-    ledger row saying why; the refs returned are those that still need sending.
+    Recipients in ``failures`` (no usable contact) are recorded at once as failed, and those
+    in ``skips`` (opted out, throttled) as skipped, each with a ledger row saying why; the
+    refs returned are those that still need sending. Opening the same rows again (a page
+    handled twice) changes nothing and writes no second ledger row.
     """
     failures = failures or {}
+    skips = skips or {}
     now = utcnow()
     rows = [
         {
@@ -57,14 +61,24 @@ def open_deliveries(
         }
         for ref in refs
     ]
-    insert_ignoring_conflicts(conn, deliveries, rows, "event_id", "recipient_ref", "channel", "step")
-    if failures:
-        record(
-            conn,
-            [Receipt.failed(DeliveryKey(event_id, ref, channel, step), error) for ref, error in failures.items()],
-            attempts={ref: 0 for ref in failures},
-        )
-    return [ref for ref in refs if ref not in failures]
+    if failures or skips:
+        opened = set(insert_returning_new(conn, deliveries, rows, "recipient_ref", *_KEY))
+        receipts = [
+            Receipt.failed(DeliveryKey(event_id, ref, channel, step), error)
+            for ref, error in failures.items()
+            if ref in opened
+        ] + [
+            Receipt(DeliveryKey(event_id, ref, channel, step), DeliveryStatus.SKIPPED, error=error, tries=0)
+            for ref, error in skips.items()
+            if ref in opened and ref not in failures
+        ]
+        record(conn, receipts, attempts={})
+    else:
+        insert_ignoring_conflicts(conn, deliveries, rows, *_KEY)
+    return [ref for ref in refs if ref not in failures and ref not in skips]
+
+
+_KEY = ("event_id", "recipient_ref", "channel", "step")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +143,14 @@ def claim(
     return Claim(attempts=attempts, busy=busy)
 
 
-def record(conn: Connection, receipts: Sequence[Receipt], attempts: dict[str, int]) -> None:
-    """Append a ledger row per receipt and move each delivery's status forward, never back."""
+def record(conn: Connection, receipts: Sequence[Receipt], attempts: dict[str, int]) -> list[Move]:
+    """Append a ledger row per receipt and move each delivery's status forward, never back.
+
+    Returns the moves made by provider callbacks that had arrived before these receipts were
+    recorded (see ``receive_provider_status``), so that routing sees them too.
+    """
     if not receipts:
-        return
+        return []
     now = utcnow()
     ledger_rows: list[dict[str, Any]] = []
     by_status: dict[DeliveryStatus, list[dict[str, Any]]] = defaultdict(list)
@@ -154,6 +172,7 @@ def record(conn: Connection, receipts: Sequence[Receipt], attempts: dict[str, in
                 "status": receipt.status.value,
                 "tries": receipt.tries,
                 "segments": int(receipt.detail["segments"]) if "segments" in receipt.detail else None,
+                "provider": receipt.detail.get("provider"),
                 "recorded_at": now,
                 **fields,
             }
@@ -187,7 +206,7 @@ def record(conn: Connection, receipts: Sequence[Receipt], attempts: dict[str, in
         conn.execute(stmt, params)
     # Only a message the provider accepted but has not judged yet can have a callback waiting.
     awaiting = [r.provider_message_id for r in receipts if r.status is DeliveryStatus.SENT and r.provider_message_id]
-    apply_pending_callbacks(conn, awaiting)
+    return apply_pending_callbacks(conn, awaiting)
 
 
 def _status_in(statuses: Iterable[DeliveryStatus]) -> ColumnElement[bool]:
@@ -198,7 +217,9 @@ def _status_in(statuses: Iterable[DeliveryStatus]) -> ColumnElement[bool]:
     return text("deliveries.status IN (" + ", ".join(f"'{s.value}'" for s in statuses) + ")")  # type: ignore[return-value]
 
 
-def exhaust(conn: Connection, event_id: str, channel: str, refs: Sequence[str], reason: str, step: int = 0) -> int:
+def exhaust(
+    conn: Connection, event_id: str, channel: str, refs: Sequence[str], reason: str, step: int = 0
+) -> list[Receipt]:
     """Give up on a batch's unfinished keys after the last retry: each becomes failed."""
     rows = conn.execute(
         select(deliveries.c.recipient_ref, deliveries.c.attempts).where(
@@ -210,12 +231,9 @@ def exhaust(conn: Connection, event_id: str, channel: str, refs: Sequence[str], 
         )
     ).all()
     error = PermanentDeliveryError(reason, code="retries-exhausted")
-    record(
-        conn,
-        [Receipt.failed(DeliveryKey(event_id, ref, channel, step), error) for ref, _ in rows],
-        attempts={ref: attempt for ref, attempt in rows},
-    )
-    return len(rows)
+    receipts = [Receipt.failed(DeliveryKey(event_id, ref, channel, step), error) for ref, _ in rows]
+    record(conn, receipts, attempts={ref: attempt for ref, attempt in rows})
+    return receipts
 
 
 def outcome_counts(conn: Connection, event_id: str | None = None) -> dict[tuple[str, str], int]:
@@ -248,10 +266,22 @@ def failure_reasons(conn: Connection, event_id: str) -> list[tuple[str, str, int
     return [(channel, code or "-", count, reason or "") for channel, code, count, reason in conn.execute(stmt)]
 
 
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A delivery that moved to ``status`` outside a batch (a callback, a reconciliation)."""
+
+    key: DeliveryKey
+    status: DeliveryStatus
+
+
 def apply_status(
     conn: Connection, provider_message_id: str, status: DeliveryStatus, error: DeliveryError | None
-) -> bool | None:
-    """Move the delivery with this provider id forward; None when no delivery has that id yet."""
+) -> Move | bool | None:
+    """Move the delivery with this provider id forward.
+
+    Returns the ``Move`` when it moved, False when the status changed nothing (late or
+    duplicate), None when no delivery has that id yet.
+    """
     row = conn.execute(
         select(deliveries).where(deliveries.c.provider_message_id == provider_message_id).limit(1)
     ).one_or_none()
@@ -293,19 +323,19 @@ def apply_status(
             recorded_at=now,
         )
     )
-    return True
+    return Move(DeliveryKey(row.event_id, row.recipient_ref, row.channel, row.step), status)
 
 
 def receive_provider_status(
     conn: Connection, provider_message_id: str, status: DeliveryStatus, error: DeliveryError | None = None
-) -> bool | None:
+) -> Move | bool | None:
     """Store a provider's status callback, then apply it if its delivery is already recorded.
 
     The callback row is kept whatever happens: a provider may call back before the worker
     has written the message id it was given (the batch is still being sent). Such a callback
     stays pending and ``apply_pending_callbacks`` applies it once the id is recorded.
-    Returns True if the delivery moved, False if the callback changed nothing (late or
-    duplicate), None if it is pending.
+    Returns the ``Move`` if the delivery moved, False if the callback changed nothing (late
+    or duplicate), None if it is pending.
     """
     callback_id = conn.execute(
         provider_callbacks.insert()
@@ -327,25 +357,192 @@ def receive_provider_status(
     return result
 
 
-def apply_pending_callbacks(conn: Connection, provider_message_ids: Iterable[str]) -> int:
+def apply_pending_callbacks(conn: Connection, provider_message_ids: Iterable[str]) -> list[Move]:
     """Apply, in arrival order, callbacks that came before their delivery's id was recorded."""
     ids = [pmid for pmid in provider_message_ids if pmid]
     if not ids:
-        return 0
+        return []
     pending = conn.execute(
         select(provider_callbacks)
         .where(provider_callbacks.c.provider_message_id.in_(ids), provider_callbacks.c.applied_at.is_(None))
         .order_by(provider_callbacks.c.id)
     ).all()
+    moves: list[Move] = []
     for row in pending:
         error = None
         if row.error_class is not None:
             error = PermanentDeliveryError(row.reason or "", code=row.error_code)
-        if apply_status(conn, row.provider_message_id, DeliveryStatus(row.status), error) is not None:
+        result = apply_status(conn, row.provider_message_id, DeliveryStatus(row.status), error)
+        if result is not None:
             conn.execute(
                 update(provider_callbacks).where(provider_callbacks.c.id == row.id).values(applied_at=utcnow())
             )
-    return len(pending)
+        if isinstance(result, Move):
+            moves.append(result)
+    return moves
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A routing decision for the ledger: a fallback, an override, a cover, nothing left to try."""
+
+    event_id: str
+    recipient_ref: str
+    channel: str
+    step: int
+    mark: RouteMark
+    reason: str
+    reference: str | None = None  # e.g. the announcement that covers the person
+    code: str | None = None
+
+
+def note(conn: Connection, notes: Sequence[Note]) -> None:
+    """Append routing decisions to the ledger (append-only, like every attempt)."""
+    if not notes:
+        return
+    now = utcnow()
+    conn.execute(
+        ledger.insert(),
+        [
+            {
+                "event_id": n.event_id,
+                "recipient_ref": n.recipient_ref,
+                "channel": n.channel,
+                "step": n.step,
+                "attempt": 0,
+                "status": n.mark.value,
+                "provider_message_id": n.reference,
+                "error_class": None,
+                "error_code": n.code,
+                "reason": n.reason,
+                "tries": 0,
+                "segments": None,
+                "provider": None,
+                "recorded_at": now,
+            }
+            for n in notes
+        ],
+    )
+
+
+def step_statuses(conn: Connection, event_id: str, refs: Sequence[str]) -> list[tuple[str, str, int, str, str | None]]:
+    """(ref, channel, step, status, error code) of every delivery of these recipients."""
+    if not refs:
+        return []
+    rows = conn.execute(
+        select(
+            deliveries.c.recipient_ref,
+            deliveries.c.channel,
+            deliveries.c.step,
+            deliveries.c.status,
+            deliveries.c.error_code,
+        ).where(deliveries.c.event_id == event_id, deliveries.c.recipient_ref.in_(list(refs)))
+    )
+    return [(ref, channel, step, status, code) for ref, channel, step, status, code in rows]
+
+
+def recent_counts(
+    conn: Connection, channel: str, refs: Sequence[str], since: datetime, exclude_event: str
+) -> dict[str, int]:
+    """Per recipient, how many notices of other events went out on ``channel`` since ``since``."""
+    if not refs:
+        return {}
+    sent = [DeliveryStatus.SENT.value, DeliveryStatus.DELIVERED.value, DeliveryStatus.ACKNOWLEDGED.value]
+    rows = conn.execute(
+        select(deliveries.c.recipient_ref, func.count(func.distinct(deliveries.c.event_id)))
+        .where(
+            deliveries.c.channel == channel,
+            deliveries.c.recipient_ref.in_(list(refs)),
+            deliveries.c.created_at >= since,
+            deliveries.c.event_id != exclude_event,
+            deliveries.c.status.in_(sent),
+        )
+        .group_by(deliveries.c.recipient_ref)
+    )
+    return {ref: int(count) for ref, count in rows}
+
+
+def stuck(conn: Connection, before: datetime, now: datetime, limit: int) -> list[tuple[str, str, int, str, str]]:
+    """(event_id, channel, step, ref, status) of deliveries nobody has moved since ``before``.
+
+    Pending and retrying ones whose message may have been lost, and sending ones whose
+    worker's lease ran out; the dead-man check hands them on again.
+    """
+    stmt = (
+        select(
+            deliveries.c.event_id,
+            deliveries.c.channel,
+            deliveries.c.step,
+            deliveries.c.recipient_ref,
+            deliveries.c.status,
+        )
+        .where(
+            deliveries.c.updated_at < before,
+            or_(
+                deliveries.c.status.in_([DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value]),
+                and_(deliveries.c.status == DeliveryStatus.SENDING.value, deliveries.c.lease_until < now),
+            ),
+        )
+        .order_by(deliveries.c.updated_at)
+        .limit(limit)
+    )
+    return [(e, c, step, ref, status) for e, c, step, ref, status in conn.execute(stmt)]
+
+
+def unconfirmed_sent(conn: Connection, before: datetime, limit: int) -> list[tuple[str, str]]:
+    """(channel, provider id) of messages still only ``sent`` since before ``before``."""
+    stmt = (
+        select(deliveries.c.channel, deliveries.c.provider_message_id)
+        .where(
+            deliveries.c.status == DeliveryStatus.SENT.value,
+            deliveries.c.updated_at < before,
+            deliveries.c.provider_message_id.is_not(None),
+        )
+        .order_by(deliveries.c.updated_at)
+        .limit(limit)
+    )
+    return [(channel, pmid) for channel, pmid in conn.execute(stmt)]
+
+
+def touch_sent(conn: Connection, provider_message_ids: Sequence[str]) -> None:
+    """Mark sent messages as just handed to reconciliation."""
+    if provider_message_ids:
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.provider_message_id.in_(list(provider_message_ids)))
+            .values(updated_at=utcnow())
+        )
+
+
+def pending_by_step(conn: Connection, event_id: str, refs: Sequence[str]) -> dict[tuple[str, int], list[str]]:
+    """Deliveries of these recipients not yet claimed, by (channel, step)."""
+    if not refs:
+        return {}
+    rows = conn.execute(
+        select(deliveries.c.channel, deliveries.c.step, deliveries.c.recipient_ref).where(
+            deliveries.c.event_id == event_id,
+            deliveries.c.recipient_ref.in_(list(refs)),
+            deliveries.c.status == DeliveryStatus.PENDING.value,
+        )
+    )
+    grouped: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for channel, step, ref in rows:
+        grouped[(channel, step)].append(ref)
+    return dict(grouped)
+
+
+def touch(conn: Connection, event_id: str, channel: str, step: int, refs: Sequence[str]) -> None:
+    """Mark deliveries as just handed on, so the dead-man check leaves them be for a while."""
+    conn.execute(
+        update(deliveries)
+        .where(
+            deliveries.c.event_id == event_id,
+            deliveries.c.channel == channel,
+            deliveries.c.step == step,
+            deliveries.c.recipient_ref.in_(list(refs)),
+        )
+        .values(updated_at=utcnow())
+    )
 
 
 def pending_callback_count(conn: Connection, provider_message_id: str) -> int:

@@ -22,7 +22,7 @@ from worker.events import RecipientIn
 from worker.store.dialect import insert_ignoring_conflicts, upsert
 from worker.store.schema import recipients
 
-CSV_COLUMNS = ("user_id", "name", "email", "phone", "locale")
+CSV_COLUMNS = ("user_id", "name", "email", "phone", "locale", "opt_out")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,16 +48,23 @@ def _row(person: RecipientIn, problems: ContactProblems) -> dict[str, Any]:
         "email": email.value if email else None,
         "phone": phone.value if phone else None,
         "locale": person.locale,
+        # Kept so that a later fallback stage can still say why an address was unusable.
+        "email_problem": email.problem[:300] if email is not None and email.problem else None,
+        "phone_problem": phone.problem[:300] if phone is not None and phone.problem else None,
+        "opt_out": ",".join(sorted(set(person.opt_out))) or None,
         "created_at": now,
         "updated_at": now,
     }
+
+
+_REFRESHED = ["name", "email", "phone", "locale", "email_problem", "phone_problem", "opt_out", "updated_at"]
 
 
 def upsert_people(conn: Connection, people: Sequence[RecipientIn]) -> tuple[dict[str, str], ContactProblems]:
     """Store or refresh people given inline; returns user_id → ref and any contact problems."""
     problems = ContactProblems()
     rows = {person.user_id: _row(person, problems) for person in people}
-    upsert(conn, recipients, list(rows.values()), "user_id", ["name", "email", "phone", "locale", "updated_at"])
+    upsert(conn, recipients, list(rows.values()), "user_id", _REFRESHED)
     return refs_for(conn, list(rows)), problems
 
 
@@ -115,6 +122,50 @@ def load(conn: Connection, refs: Iterable[str]) -> dict[str, Recipient]:
 
 
 @dataclass(frozen=True, slots=True)
+class Reach:
+    """What routing needs to know about a person: which contacts exist, why not, and opt-outs."""
+
+    ref: str
+    email: bool
+    phone: bool
+    email_problem: str | None
+    phone_problem: str | None
+    opt_out: frozenset[str]
+
+    def contact_problem(self, contact: str) -> str | None:
+        """Why ``contact`` ("email" or "phone") cannot be used, or None when it can."""
+        if getattr(self, contact):
+            return None
+        return getattr(self, f"{contact}_problem", None) or f"no {contact} on record"
+
+
+def load_reach(conn: Connection, refs: Iterable[str]) -> dict[str, Reach]:
+    """Reachability of these refs, without reading the contacts themselves."""
+    refs = list(refs)
+    if not refs:
+        return {}
+    c = recipients.c
+    rows = conn.execute(
+        select(
+            c.ref,
+            c.email.is_not(None),
+            c.phone.is_not(None),
+            c.email_problem,
+            c.phone_problem,
+            c.opt_out,
+        ).where(c.ref.in_(refs))
+    )
+    return {
+        ref: Reach(ref, bool(email), bool(phone), email_problem, phone_problem, _channels(opt_out))
+        for ref, email, phone, email_problem, phone_problem, opt_out in rows
+    }
+
+
+def _channels(text: str | None) -> frozenset[str]:
+    return frozenset(part for part in (text or "").split(",") if part)
+
+
+@dataclass(frozen=True, slots=True)
 class ImportResult:
     """What `herald recipients import` did."""
 
@@ -123,7 +174,9 @@ class ImportResult:
 
 
 def import_csv(conn: Connection, path: Path, chunk: int = 1_000) -> ImportResult:
-    """Load recipients from a CSV with a header row (user_id,name,email,phone,locale).
+    """Load recipients from a CSV with a header row (user_id,name,email,phone,locale[,opt_out]).
+
+    ``opt_out`` lists channels separated by spaces or semicolons, e.g. ``sms;phone``.
 
     Rows with an unusable contact are imported without it and listed in ``problems``;
     rows without a user_id are skipped and listed.
@@ -145,6 +198,7 @@ def import_csv(conn: Connection, path: Path, chunk: int = 1_000) -> ImportResult
                     email=values["email"] or None,
                     phone=values["phone"] or None,
                     locale=values["locale"] or "en",
+                    opt_out=[part for part in values["opt_out"].replace(";", " ").replace(",", " ").split() if part],
                 )
             except ValueError as exc:
                 messages.append(f"line {line}: skipped: {str(exc).splitlines()[0]}")

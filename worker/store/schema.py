@@ -58,6 +58,9 @@ events = Table(
     Column("fanout_cursor", String(128), nullable=True),  # where the next audience page starts
     Column("fanout_done_at", DateTime(timezone=True), nullable=True),
     Column("recipients_total", Integer, nullable=True),
+    Column("fanout_updated_at", DateTime(timezone=True), nullable=True),  # the dead-man check watches it
+    Column("topic", String(300), nullable=True, index=True),  # events of one topic share an announcement
+    Column("plan", Text, nullable=True),  # the routing plan (JSON) the event is sent under, fixed at intake
 )
 
 recipients = Table(
@@ -69,6 +72,9 @@ recipients = Table(
     Column("email", String(320), nullable=True),
     Column("phone", String(32), nullable=True),
     Column("locale", String(35), nullable=False, default="en"),
+    Column("email_problem", String(300), nullable=True),  # why a given address was unusable (masked)
+    Column("phone_problem", String(300), nullable=True),
+    Column("opt_out", String(200), nullable=True),  # channels the person opted out of, comma-separated
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
@@ -94,6 +100,8 @@ deliveries = Table(
     UniqueConstraint("event_id", "recipient_ref", "channel", "step", name="uq_deliveries_key"),
     Index("ix_deliveries_event_status", "event_id", "status"),
     Index("ix_deliveries_provider_message_id", "provider_message_id"),
+    Index("ix_deliveries_ref_channel", "recipient_ref", "channel", "created_at"),  # frequency caps
+    Index("ix_deliveries_status_updated", "status", "updated_at"),  # the dead-man check
 )
 
 ledger = Table(
@@ -112,6 +120,7 @@ ledger = Table(
     Column("reason", Text, nullable=True),
     Column("tries", Integer, nullable=False, default=1),
     Column("segments", Integer, nullable=True),  # SMS only: how many parts the carrier bills
+    Column("provider", String(64), nullable=True),  # the backup provider that handled it; null = primary
     Column("recorded_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -140,4 +149,47 @@ provider_callbacks = Table(
     Column("reason", Text, nullable=True),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("applied_at", DateTime(timezone=True), nullable=True),  # null: its delivery is not recorded yet
+)
+
+# One row per (event, recipient): where that person stands on the event's routing plan.
+routes = Table(
+    "routes",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("event_id", String(128), nullable=False),
+    Column("recipient_ref", String(32), nullable=False),
+    Column("stage", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("wait_until", DateTime(timezone=True), nullable=True),  # the stage's confirmation wait ends
+    Column("reached_channel", String(32), nullable=True),
+    Column("announcement_id", String(100), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("event_id", "recipient_ref", name="uq_routes_key"),
+    Index("ix_routes_event_outcome", "event_id", "outcome"),
+    Index("ix_routes_outcome_wait", "outcome", "wait_until"),
+)
+
+# One public announcement per topic (an incident and its updates, a policy version, a notice).
+announcements = Table(
+    "announcements",
+    metadata,
+    Column("id", String(100), primary_key=True),  # the URL slug; never changes
+    Column("topic", String(300), nullable=False, unique=True),
+    Column("event_type", String(64), nullable=False),
+    Column("event_id", String(128), nullable=False),  # the event that first needed it
+    Column("revision", Integer, nullable=False),  # bumped whenever its content changes
+    Column("published_revision", Integer, nullable=False, default=0),
+    Column("first_public_at", DateTime(timezone=True), nullable=True),
+    Column("published_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Periodic jobs shared by every worker process: whoever moves ``due_at`` on runs the job.
+timers = Table(
+    "timers",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("due_at", DateTime(timezone=True), nullable=False),
 )
