@@ -28,6 +28,7 @@ from worker.ingest import ingest as ingest_payload
 from worker.publishing import publish_announcement
 from worker.reconcile import reconcile
 from worker.runtime import Runtime
+from worker.site import SiteBuilder
 from worker.store.engine import read_only, schema_is_current
 from worker.store.intake import IntakeOutcome, fanout_cursor
 from worker.sweep import claim_timer, sweep
@@ -103,6 +104,8 @@ def check_wiring(settings: Settings, runtime: Runtime) -> None:
     policy.check(runtime.renderer, settings.channels)
     for channel in sorted(policy.used_channels() & set(settings.channels)):
         check_providers(settings, channel, policy.channels[channel].providers)
+    if any(route.announce for route in policy.routes):
+        SiteBuilder(runtime.renderer, locales=policy.locales, base_url=settings.resolved_announcements_url).check()
     if not schema_is_current(runtime.engine):
         raise ConfigurationError("the database schema is not current; run `herald migrate` first")
 

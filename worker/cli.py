@@ -272,7 +272,7 @@ def routing_check(
     ] = None,
 ) -> None:
     """Validate the routing policy against the templates and enabled channels; print its routes."""
-    from worker.policy import load_policy
+    from worker.policy import format_duration, load_policy
     from worker.runtime import Runtime
 
     settings = _settings()
@@ -291,19 +291,12 @@ def routing_check(
             matches += " substantial" if route.substantial else " not substantial"
         stages = " → ".join(
             f"{'+'.join(c for c in stage.channels if c in settings.channels) or '(disabled)'} "
-            f"({_duration(stage.wait_s)})"
+            f"({format_duration(stage.wait_s)})"
             for stage in route.stages
         )
         table.add_row(route.name, str(route.line), matches, stages, "yes" if route.announce else "no")
     out.print(table)
     out.print(f"routing policy is valid; enabled channels: {', '.join(settings.channels)}", highlight=False)
-
-
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 @announcements_app.command("list")

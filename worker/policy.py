@@ -583,6 +583,14 @@ def _peel(annotation: Any) -> Any:
 # --- the shape of the file ----------------------------------------------------------------------
 
 
+def format_duration(seconds: float) -> str:
+    """A duration as the routing file writes it: ``90s``, ``10m``, ``2h``, ``1d``."""
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 def _seconds(value: Any) -> float:
     """``90s``, ``10m``, ``2h``, ``1d`` or a number of seconds, as seconds; more than 0, at most 7 days."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):

@@ -30,7 +30,7 @@ from channels import get_spec
 from channels.base import Receipt
 from worker.dispatch import Batch, Dispatch, cut
 from worker.errors import DeliveryError, PermanentDeliveryError
-from worker.policy import Plan
+from worker.policy import Plan, format_duration
 from worker.statuses import TERMINAL, DeliveryStatus, RouteMark, RouteOutcome
 from worker.store import announcements, ledger, recipients, routes
 from worker.store.ledger import Move, Note
@@ -293,7 +293,7 @@ class Router:
                         skips[ref] = ChannelNotUsed(f"opted out of {channel} for optional notices", code="opted-out")
                 elif cap is not None and counts.get(ref, 0) >= cap.count:
                     skips[ref] = ChannelNotUsed(
-                        f"throttled: {counts[ref]} {channel} notices in the last {_duration(cap.per_s)}; "
+                        f"throttled: {counts[ref]} {channel} notices in the last {format_duration(cap.per_s)}; "
                         f"optional notices are capped at {cap.count}",
                         code="throttled",
                     )
@@ -329,51 +329,38 @@ class Router:
                 ],
             )
             return
-        announcement = announcements.ensure(
-            conn,
-            route.topic,
-            route.event_type,
-            event_id,
-            now,
-            self.slug,
-        )
+        announcement = announcements.ensure(conn, route.topic, route.event_type, event_id, now, self.slug)
+        outcome = RouteOutcome.COVERED if announcement.public else RouteOutcome.COVERING
+        moved = routes.finish(conn, event_id, refs, outcome, now, announcement_id=announcement.id)
+        notes = [
+            Note(
+                event_id,
+                ref,
+                "route",
+                step,
+                RouteMark.FALLBACK,
+                f"{whys[ref]}; nothing left to try: the public announcement {announcement.id} covers this person",
+                reference=announcement.id,
+            )
+            for ref in moved
+        ]
         if announcement.public:
-            moved = routes.finish(conn, event_id, refs, RouteOutcome.COVERED, now, announcement_id=announcement.id)
-            ledger.note(conn, [_covered_note(event_id, ref, step, announcement, whys[ref]) for ref in moved])
-            return
-        moved = routes.finish(conn, event_id, refs, RouteOutcome.COVERING, now, announcement_id=announcement.id)
-        ledger.note(
-            conn,
-            [
-                Note(
-                    event_id,
-                    ref,
-                    "route",
-                    step,
-                    RouteMark.FALLBACK,
-                    f"{whys[ref]}; nothing left to try: the public announcement {announcement.id} covers this person",
-                    reference=announcement.id,
-                )
-                for ref in moved
-            ],
-        )
-        if moved:
+            notes += [_covered_note(event_id, ref, step, announcement) for ref in moved]
+        elif moved:
             dispatch.publish.add(announcement.id)
+        ledger.note(conn, notes)
 
 
-def _covered_note(
-    event_id: str, ref: str, step: int, announcement: announcements.Announcement, why: str | None = None
-) -> Note:
+def _covered_note(event_id: str, ref: str, step: int, announcement: announcements.Announcement) -> Note:
     assert announcement.first_public_at is not None
     since = announcement.first_public_at.isoformat(timespec="seconds")
-    covered = f"covered by the public announcement {announcement.id}, public since {since}"
     return Note(
         event_id,
         ref,
         "announcement",
         step,
         RouteMark.COVERED,
-        f"{why}; {covered}" if why else covered,
+        f"covered by the public announcement {announcement.id}, public since {since}",
         reference=announcement.id,
     )
 
@@ -386,15 +373,8 @@ def _why(stage: int, current: Sequence[tuple[str, str, str | None]], timed_out: 
     ]
     shown = ", ".join(parts) or "nothing sent"
     if timed_out:
-        return f"stage {stage + 1} unconfirmed after {_duration(wait_s)}: {shown}"
+        return f"stage {stage + 1} unconfirmed after {format_duration(wait_s)}: {shown}"
     return f"stage {stage + 1} unconfirmed: {shown}"
-
-
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 def _by_event(moves: Iterable[Move]) -> dict[str, list[tuple[str, str, DeliveryStatus]]]:

@@ -51,7 +51,8 @@ Faults (constructor ``faults=``, :meth:`TwilioSandbox.set_faults`, ``POST /_sand
 ``rate_429``, ``rate_500`` (shares of create requests, drawn from a seeded ``random.Random``),
 ``latency_s``, ``fail_numbers`` (create refused with that code), ``undelivered_numbers``
 (accepted, then ``undelivered`` with that code), ``failed_numbers`` (accepted, then
-``failed`` with that code), ``call_behaviour`` (``answer`` = press 1, ``press:D``,
+``failed`` with that code), ``silent_numbers`` (accepted and ``sent``, then no final status
+ever), ``call_behaviour`` (``answer`` = press 1, ``press:D``,
 ``no-input``, ``no-answer``, ``busy``, ``failed``).
 
 Where the sandbox knowingly differs from Twilio: without ``StatusCallbackEvent`` a call's
@@ -94,7 +95,7 @@ import httpx
 import jinja2
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from twilio.request_validator import RequestValidator
@@ -207,6 +208,7 @@ class Faults:
     fail_numbers: Mapping[str, int] = field(default_factory=dict)
     undelivered_numbers: Mapping[str, int] = field(default_factory=dict)
     failed_numbers: Mapping[str, int] = field(default_factory=dict)
+    silent_numbers: frozenset[str] = frozenset()
     call_behaviour: Mapping[str, str] = field(default_factory=dict)
 
     def updated(self, changes: Mapping[str, Any]) -> Faults:
@@ -230,6 +232,11 @@ class Faults:
         for key in ("fail_numbers", "undelivered_numbers", "failed_numbers"):
             if key in changes:
                 values[key] = _code_map(key, changes[key])
+        if "silent_numbers" in changes:
+            silent = changes["silent_numbers"]
+            if isinstance(silent, str) or not isinstance(silent, list | tuple | set | frozenset):
+                raise ValueError("silent_numbers must be a list of numbers")
+            values["silent_numbers"] = frozenset(str(number) for number in silent)
         if "call_behaviour" in changes:
             behaviours = changes["call_behaviour"]
             if not isinstance(behaviours, Mapping):
@@ -255,6 +262,7 @@ class Faults:
             "fail_numbers": dict(self.fail_numbers),
             "undelivered_numbers": dict(self.undelivered_numbers),
             "failed_numbers": dict(self.failed_numbers),
+            "silent_numbers": sorted(self.silent_numbers),
             "call_behaviour": dict(self.call_behaviour),
         }
 
@@ -636,7 +644,10 @@ class TwilioSandbox:
         faults = self.faults
         if faults.latency_s:
             await asyncio.sleep(faults.latency_s)
-        params = _form(await request.body())
+        try:
+            params = _form(await request.body())
+        except ClientDisconnect:  # the client went away (a killed worker): nothing was asked
+            return Response(status_code=499)
         to = params.get("To")
         status, payload = self._answer_create(request, endpoint, params, faults)
         with self._cond:
@@ -707,6 +718,8 @@ class TwilioSandbox:
             plan = [("queued", None), ("failed", faults.failed_numbers[message.to])]
         elif message.to in faults.undelivered_numbers:
             plan = [("queued", None), ("sent", None), ("undelivered", faults.undelivered_numbers[message.to])]
+        elif message.to in faults.silent_numbers:
+            plan = [("queued", None), ("sent", None)]  # the carrier never says how it ended
         self._spawn(self._message_lifecycle(message.sid, plan))
         return self._message_json(message)
 

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, func, select, update
 
 from worker.clock import as_utc, utcnow
 from worker.store.dialect import insert_ignoring_conflicts
+from worker.store.ledger import Move, acknowledge
 from worker.store.schema import letters, recipients
 
 
@@ -65,14 +66,28 @@ def inbox(conn: Connection, user_id: str, *, unread_only: bool = False, limit: i
 
 
 def mark_read(conn: Connection, user_id: str, letter_id: int) -> bool:
-    """Mark one of the user's own letters read; False if it is not theirs or not there."""
+    """Mark one of the user's own letters read; False if it is not theirs, not there or read already."""
+    return read_letter(conn, user_id, letter_id) is not False
+
+
+def read_letter(conn: Connection, user_id: str, letter_id: int) -> Move | bool:
+    """Mark one of the user's own letters read, which confirms its station-letter delivery.
+
+    Returns the delivery's ``Move`` to acknowledged (for routing: the person is reached),
+    True when the letter was marked read but its delivery had nothing left to confirm, and
+    False when the letter is not theirs, not there, or was read already.
+    """
     owner = select(recipients.c.ref).where(recipients.c.user_id == user_id).scalar_subquery()
-    result = conn.execute(
+    row = conn.execute(
         update(letters)
         .where(letters.c.id == letter_id, letters.c.recipient_ref == owner, letters.c.read_at.is_(None))
         .values(read_at=utcnow())
-    )
-    return bool(result.rowcount)
+        .returning(letters.c.event_id, letters.c.recipient_ref)
+    ).first()
+    if row is None:
+        return False
+    moved = acknowledge(conn, row.event_id, row.recipient_ref, "insite", "the station letter was read")
+    return moved if moved is not None else True
 
 
 def unread_count(conn: Connection, user_id: str) -> int:

@@ -382,6 +382,39 @@ def apply_pending_callbacks(conn: Connection, provider_message_ids: Iterable[str
     return moves
 
 
+def acknowledge(conn: Connection, event_id: str, ref: str, channel: str, why: str) -> Move | None:
+    """The person confirmed a delivered message (e.g. read the station letter): delivered → acknowledged."""
+    now = utcnow()
+    row = conn.execute(
+        update(deliveries)
+        .where(
+            deliveries.c.event_id == event_id,
+            deliveries.c.recipient_ref == ref,
+            deliveries.c.channel == channel,
+            deliveries.c.status == DeliveryStatus.DELIVERED.value,
+        )
+        .values(status=DeliveryStatus.ACKNOWLEDGED.value, updated_at=now)
+        .returning(deliveries.c.step, deliveries.c.attempts, deliveries.c.provider_message_id)
+    ).first()
+    if row is None:
+        return None
+    conn.execute(
+        ledger.insert().values(
+            event_id=event_id,
+            recipient_ref=ref,
+            channel=channel,
+            step=row.step,
+            attempt=row.attempts,
+            status=DeliveryStatus.ACKNOWLEDGED.value,
+            provider_message_id=row.provider_message_id,
+            reason=why,
+            tries=0,
+            recorded_at=now,
+        )
+    )
+    return Move(DeliveryKey(event_id, ref, channel, row.step), DeliveryStatus.ACKNOWLEDGED)
+
+
 @dataclass(frozen=True, slots=True)
 class Note:
     """A routing decision for the ledger: a fallback, an override, a cover, nothing left to try."""
