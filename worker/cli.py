@@ -83,14 +83,13 @@ def worker(
 ) -> None:
     """Run dramatiq workers for every herald queue until interrupted."""
     settings = _settings()
-    engine = _engine(settings)
+    _engine(settings)
     from worker.actors import check_wiring
     from worker.broker import worker_command
     from worker.runtime import Runtime
 
     # The workers check this too, but a bad routing file or template is clearer said once, here.
     runtime = Runtime(settings)
-    runtime.__dict__["engine"] = engine
     try:
         check_wiring(settings, runtime)
     finally:
@@ -281,7 +280,9 @@ def routing_check(
     runtime = Runtime(settings)
     policy.check(runtime.renderer, settings.channels)
     table = Table(title=f"Routes in {path} (first match wins)")
-    for column in ("route", "line", "matches", "stages", "announce"):
+    table.add_column("route", no_wrap=True)
+    table.add_column("line", justify="right")
+    for column in ("matches", "stages", "announce"):
         table.add_column(column, overflow="fold")
     for route in policy.routes:
         matches = route.event_type
@@ -432,7 +433,11 @@ def demo(
     if as_json:
         print(json.dumps(summary.as_dict(), indent=2))
         return
-    out.print(outcome_table(summary.counts, title=f"Event {summary.event_id}: outcomes by channel and status"))
+    out.print(outcome_table(summary.counts, title=f"Event {summary.event_id}: deliveries by channel and status"))
+    out.print(recipient_table(summary.people, summary.reached_by))
+    if summary.fallbacks:
+        handed = ", ".join(f"{n} {where}" for where, n in sorted(summary.fallbacks.items()))
+        out.print(f"handed down the chain: {handed}", highlight=False)
     if summary.failures:
         why = Table(title="Why deliveries failed")
         for column in ("channel", "code", "count", "example reason"):
@@ -446,6 +451,14 @@ def demo(
         f"{summary.letters} station letters were written, {summary.ledger_rows} ledger rows, {summary.seconds:.1f} s",
         highlight=False,
     )
+    if summary.announcement_file:
+        covered = summary.people.get("covered", 0)
+        out.print(
+            f"public announcement {summary.announcement_id} (covers {covered} people); open its page: "
+            f"{summary.announcement_file}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()
@@ -507,8 +520,9 @@ def sandbox(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: a wiring error anywhere is one line and exit 2."""
     try:
         app()
     except ConfigurationError as exc:
-        fail(str(exc), 2)
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)

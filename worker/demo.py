@@ -1,20 +1,24 @@
 """``herald demo``: the whole pipeline once, on embedded parts, with a progress display.
 
-It starts a local SMTP sink, real dramatiq worker processes on the embedded Redis (unless
-HERALD_BROKER_URL / HERALD_DATABASE_URL name real ones), publishes a sample security
-incident to generated recipients exactly as a producer would, waits until every delivery
-is terminal, and reports what the ledger and the sink saw.
+It starts a local SMTP sink, the Twilio sandbox, herald's callback app and real dramatiq
+worker processes on the embedded Redis (unless HERALD_BROKER_URL / HERALD_DATABASE_URL name
+real ones), publishes a critical security incident to generated recipients exactly as a
+producer would, and waits until every recipient has a terminal outcome. The shipped routing
+policy sends email, station letter and SMS at once and calls whoever none of them reached;
+a few generated people can be reached by nothing, so the public announcement goes up and
+covers them. It reports what the ledger, the sandboxes and the announcement site saw.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -27,19 +31,19 @@ from worker.broker import build_broker, ingest_message, publish, worker_command
 from worker.clock import utcnow
 from worker.config import Settings
 from worker.errors import HeraldError
+from worker.site import page_path
+from worker.statuses import RouteMark, RouteOutcome
+from worker.store import announcements
 from worker.store.engine import make_engine, migrate
 from worker.store.inbox import letter_count
 from worker.store.intake import event_summary, list_rejections
 from worker.store.ledger import failure_reasons, outcome_counts, unfinished_count
+from worker.store.routes import outcome_counts as route_outcomes
+from worker.store.routes import reached_by
 from worker.store.schema import ledger
 
 #: Every channel herald has, so the demo shows all four.
 DEMO_CHANNELS = ("email", "insite", "sms", "phone")
-#: A few people the sandbox cannot reach, so the demo shows failures too.
-DEMO_FAULTS: dict[str, Any] = {
-    "fail_numbers": {"+14155550043": 21610},  # replied STOP to SMS
-    "call_behaviour": {"+14155550064": "no-answer", "+14155550128": "busy", "+14155550200": "no-input"},
-}
 
 _NAMES = ("Alex Chen", "Maria Garcia", "李娜", "王伟", "Sam O'Neil", "Priya Patel", "张敏", "Jonas Berg")
 
@@ -58,6 +62,12 @@ class DemoSummary:
     ledger_rows: int
     seconds: float
     failures: list[tuple[str, str, int, str]]
+    people: dict[str, int] = field(default_factory=dict)  # recipients by routing outcome
+    reached_by: dict[str, int] = field(default_factory=dict)
+    fallbacks: dict[str, int] = field(default_factory=dict)  # hand-ons by the stage they led to
+    announcement_id: str | None = None
+    announcement_url: str | None = None
+    announcement_file: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as plain JSON-able data."""
@@ -67,6 +77,14 @@ class DemoSummary:
         return {
             "event_id": self.event_id,
             "recipients": self.recipients,
+            "people": dict(sorted(self.people.items())),
+            "reached_by": dict(sorted(self.reached_by.items())),
+            "fallbacks": dict(sorted(self.fallbacks.items())),
+            "announcement": {
+                "id": self.announcement_id,
+                "url": self.announcement_url,
+                "file": self.announcement_file,
+            },
             "outcomes": outcomes,
             "emails_received": self.emails_received,
             "sms_received": self.sms_received,
@@ -81,8 +99,21 @@ class DemoSummary:
         }
 
 
+# Out of every hundred generated people, by ``i % 100``: who cannot be reached how.
+_BROKEN_EMAIL, _NO_EMAIL, _LANDLINE, _NO_PHONE = 37, 73, 51, 89
+_STOP_AND_NO_EMAIL = 61  # no email; replied STOP to SMS (21610, calls refused too): covered
+_UNDELIVERED_THEN_ANSWERS = 64  # no email; the carrier cannot deliver the SMS; answers the call
+_UNDELIVERED_NO_ANSWER = 28  # no email; SMS undelivered; nobody picks up: covered
+_NOTHING = 95  # no contact at all: only the station letter and the announcement
+
+
+def _phone(i: int) -> str:
+    return f"+86139{i:08d}" if i % 3 == 0 else f"+1415555{i % 10_000:04d}"
+
+
 def demo_recipients(count: int) -> list[dict[str, str]]:
-    """Generated people: a third read Chinese; a few have a broken or missing address or phone."""
+    """Generated people: a third read Chinese; a few have a broken or missing address or phone,
+    and a few can be reached by nothing at all (see ``demo_faults``)."""
     people = []
     for i in range(1, count + 1):
         chinese = i % 3 == 0
@@ -90,19 +121,32 @@ def demo_recipients(count: int) -> list[dict[str, str]]:
             "user_id": f"demo-{i:06d}",
             "name": _NAMES[i % len(_NAMES)],
             "email": f"user{i}@example.com",
-            "phone": f"+86139{i:08d}" if chinese else f"+1415555{i % 10_000:04d}",
+            "phone": _phone(i),
             "locale": "zh-CN" if chinese else "en",
         }
-        if i % 100 == 37:
+        kind = i % 100
+        if kind == _BROKEN_EMAIL:
             person["email"] = f"user{i}-at-example.com"
-        elif i % 100 == 73:
+        elif kind in (_NO_EMAIL, _STOP_AND_NO_EMAIL, _UNDELIVERED_THEN_ANSWERS, _UNDELIVERED_NO_ANSWER):
             del person["email"]
-        if i % 100 == 51:
+        elif kind == _NOTHING:
+            del person["email"], person["phone"]
+        if kind == _LANDLINE:
             person["phone"] = "+442079460958"  # a landline: no SMS, but it can take a call
-        elif i % 100 == 89:
+        elif kind == _NO_PHONE:
             del person["phone"]
         people.append(person)
     return people
+
+
+def demo_faults(count: int) -> dict[str, Any]:
+    """What the Twilio sandbox does wrong for the generated people who cannot be reached."""
+    numbers = {kind: [_phone(i) for i in range(1, count + 1) if i % 100 == kind] for kind in range(100)}
+    return {
+        "fail_numbers": {n: 21610 for n in numbers[_STOP_AND_NO_EMAIL]},
+        "undelivered_numbers": {n: 30003 for n in numbers[_UNDELIVERED_THEN_ANSWERS] + numbers[_UNDELIVERED_NO_ANSWER]},
+        "call_behaviour": {n: "no-answer" for n in numbers[_UNDELIVERED_NO_ANSWER]},
+    }
 
 
 def demo_event(count: int) -> dict[str, Any]:
@@ -115,7 +159,7 @@ def demo_event(count: int) -> dict[str, Any]:
         "source": "herald-demo",
         "data": {
             "incident_id": "INC-2026-0042",
-            "severity": "high",
+            "severity": "critical",
             "title": "Unauthorised access to a customer support tool",
             "detected_at": (now - timedelta(hours=3)).isoformat(),
             "situation": "An attacker used a stolen support-staff password to view account records.",
@@ -155,6 +199,7 @@ def run_demo(
     # nothing an interrupted run left on the queues is picked up.
     for leftover in data_dir.glob("herald.db*"):
         leftover.unlink()
+    shutil.rmtree(data_dir / "announcements", ignore_errors=True)
     namespace = f"herald-demo-{uuid.uuid4().hex[:8]}"
 
     sink = SmtpSink(host="127.0.0.1", port=0, store=False)
@@ -163,7 +208,7 @@ def run_demo(
         account_sid=settings.twilio_account_sid,
         auth_token=settings.twilio_auth_token.get_secret_value(),
         smtp_sink=sink,
-        faults=DEMO_FAULTS,
+        faults=demo_faults(recipients),
     )
     twilio.start()
     public_port = free_port()
@@ -179,6 +224,7 @@ def run_demo(
             "broker_namespace": namespace,
             "twilio_base_url": twilio.url,
             "public_url": f"http://127.0.0.1:{public_port}",
+            "announcements_dir": data_dir / "announcements",
         }
     )
     env = {
@@ -195,14 +241,16 @@ def run_demo(
         "HERALD_BROKER_NAMESPACE": namespace,
         "HERALD_TWILIO_BASE_URL": twilio.url,
         "HERALD_PUBLIC_URL": demo_settings.public_url,
+        "HERALD_ANNOUNCEMENTS_DIR": str(demo_settings.resolved_announcements_dir),
+        "HERALD_SWEEP_INTERVAL_S": "2",
         # The sandbox is local: let the demo go faster than a real sender's limits would.
         "HERALD_SMS_RATE_PER_SECOND": "200",
         "HERALD_PHONE_RATE_PER_SECOND": "100",
     }
     engine = make_engine(demo_settings.resolved_database_url)
     migrate(engine)
-    callbacks = ServerThread(create_app(demo_settings, engine), port=public_port).start()
     broker = build_broker(demo_settings)
+    callbacks = ServerThread(create_app(demo_settings, engine, broker), port=public_port).start()
     workers = subprocess.Popen(
         worker_command(processes, threads),
         env=env,
@@ -214,9 +262,8 @@ def run_demo(
         event = demo_event(recipients)
         event_id = event["event_id"]
         publish(broker, ingest_message(event))
-        expected = recipients * len(demo_settings.channels)
         with Progress(
-            TextColumn("[bold]delivering[/]"),
+            TextColumn("[bold]reaching people[/]"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -224,7 +271,7 @@ def run_demo(
             disable=quiet,
             transient=True,
         ) as progress:
-            task = progress.add_task("deliveries", total=expected)
+            task = progress.add_task("recipients", total=recipients)
             while True:
                 if workers.poll() is not None:
                     raise HeraldError(
@@ -238,13 +285,13 @@ def run_demo(
                         rejected = [r for r in list_rejections(conn, 5) if r.event_id == event_id]
                         if rejected:
                             raise HeraldError(f"the demo event was rejected: {rejected[0].reason}")
-                        open_count = expected
+                        done, open_deliveries = 0, 1
                     else:
-                        open_count = unfinished_count(conn, [event_id])
-                        total = sum(outcome_counts(conn, event_id).values())
-                        open_count += expected - total
-                progress.update(task, completed=expected - open_count)
-                if summary is not None and summary.fanout_done and open_count == 0:
+                        people = route_outcomes(conn, event_id)
+                        done = sum(n for outcome, n in people.items() if RouteOutcome(outcome).terminal)
+                        open_deliveries = unfinished_count(conn, [event_id])
+                progress.update(task, completed=done)
+                if summary is not None and summary.fanout_done and done == recipients and not open_deliveries:
                     break
                 time.sleep(0.2)
         seconds = time.monotonic() - started
@@ -253,6 +300,20 @@ def run_demo(
             letters = letter_count(conn, event_id)
             rows = int(conn.execute(select(func.count()).where(ledger.c.event_id == event_id)).scalar_one())
             failures = failure_reasons(conn, event_id)
+            people = route_outcomes(conn, event_id)
+            reached = reached_by(conn, event_id)
+            # A hand-on to the announcement names it; one to the next stage does not.
+            to_announcement = ledger.c.provider_message_id.is_not(None)
+            fallbacks = {
+                "to the announcement" if announced else f"to stage {step + 1}": int(n)
+                for step, announced, n in conn.execute(
+                    select(ledger.c.step, to_announcement, func.count())
+                    .where(ledger.c.event_id == event_id, ledger.c.status == RouteMark.FALLBACK.value)
+                    .group_by(ledger.c.step, to_announcement)
+                )
+            }
+            announcement = announcements.by_topic(conn, "incident:INC-2026-0042")
+        page = page_path(announcement.id, "en") if announcement is not None else None
         return DemoSummary(
             event_id=event_id,
             recipients=recipients,
@@ -264,6 +325,12 @@ def run_demo(
             ledger_rows=rows,
             seconds=seconds,
             failures=failures,
+            people=people,
+            reached_by=reached,
+            fallbacks=fallbacks,
+            announcement_id=announcement.id if announcement is not None else None,
+            announcement_url=f"{demo_settings.resolved_announcements_url}/{page}" if page else None,
+            announcement_file=str(demo_settings.resolved_announcements_dir / page) if page else None,
         )
     finally:
         if workers.poll() is None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, func, select, update
 
 from worker.clock import as_utc, utcnow
 from worker.store.dialect import insert_ignoring_conflicts
-from worker.store.ledger import Move, acknowledge
 from worker.store.schema import letters, recipients
+
+if TYPE_CHECKING:
+    from worker.store.ledger import Move
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,8 @@ def read_letter(conn: Connection, user_id: str, letter_id: int) -> Move | bool:
     ).first()
     if row is None:
         return False
+    from worker.store.ledger import acknowledge  # here: ledger imports channels, whose insite imports us
+
     moved = acknowledge(conn, row.event_id, row.recipient_ref, "insite", "the station letter was read")
     return moved if moved is not None else True
 
