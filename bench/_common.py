@@ -98,6 +98,23 @@ def make_event(tag: str, recipients: list[dict[str, str]]) -> dict[str, Any]:
     return event
 
 
+def single_channel_routing(folder: Path, channel: str) -> Path:
+    """A routing policy that sends every notice on ``channel`` alone, in one stage.
+
+    The benchmarks measure a channel, not routing. Policy changes have only email and
+    station-letter templates, so they go by station letter (enable ``insite`` too).
+    """
+    path = folder / "routing.yaml"
+    routes = "".join(
+        f"  - name: {kind}\n    match: {{type: {kind}}}\n"
+        f"    stages: [{{channels: [{channel if kind != 'policy_change' else 'insite'}], wait: 1h}}]\n"
+        f"    announce: {'false' if kind == 'account_notice' else 'true'}\n"
+        for kind in ("security_incident", "account_notice", "service_notice", "policy_change")
+    )
+    path.write_text(f"version: 1\nlocales: [en, zh-CN]\nroutes:\n{routes}", encoding="utf-8")
+    return path
+
+
 def payload_bytes(event: dict[str, Any]) -> int:
     """The size the ingest limit sees."""
     return len(json.dumps(event, ensure_ascii=False).encode())

@@ -81,6 +81,9 @@ class Channel(abc.ABC):
     """A way to reach a person: email, SMS, phone call, station letter."""
 
     name: ClassVar[str]
+    #: Sending the same message twice cannot reach the person twice (e.g. a letter keyed by
+    #: event and recipient), so the worker may send a whole batch before recording it.
+    idempotent: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def send(self, messages: Sequence[OutboundMessage]) -> list[Receipt]:

@@ -21,6 +21,7 @@ class InsiteChannel(Channel):
     """Delivers station letters into the database inbox."""
 
     name = "insite"
+    idempotent = True  # one letter per (event, recipient), whatever happens
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine

@@ -105,14 +105,17 @@ def _send_in_chunks(
     """Send and record a few messages at a time.
 
     A worker that dies mid-batch can only have sent-but-unrecorded the chunk it was on, so a
-    crash re-sends at most one chunk per batch in flight, not the whole batch. When a whole
-    chunk comes back transient (the provider is down) the rest is not tried this time.
+    crash re-sends at most one chunk per batch in flight, not the whole batch. A channel that
+    cannot duplicate anything (``Channel.idempotent``) sends the whole batch as one chunk.
+    When a whole chunk comes back transient (the provider is down) the rest is not tried
+    this time.
     """
     receipts: list[Receipt] = []
-    size = rt.settings.record_every
+    sender = rt.channel(channel)
+    size = len(messages) if sender.idempotent else rt.settings.record_every
     for start in range(0, len(messages), size):
         chunk = messages[start : start + size]
-        sent: list[Receipt] = rt.run(rt.channel(channel).send(chunk))
+        sent: list[Receipt] = rt.run(sender.send(chunk))
         _record(rt, sent, attempts, dispatch)
         receipts += sent
         outage = next((r.error for r in sent if r.error is not None), None)

@@ -201,16 +201,13 @@ class Router:
         self, conn: Connection, route: EventRoute, refs: Sequence[str], now: datetime, dispatch: Dispatch
     ) -> list[str]:
         plan, event_id = route.plan, route.event_id
-        rows = routes.lock_in_progress(conn, event_id, refs)
-        if not rows:
+        standing = routes.lock_with_deliveries(conn, event_id, refs)
+        if not standing:
             return []
-        per_ref: dict[str, list[tuple[str, int, str, str | None]]] = defaultdict(list)
-        for ref, channel, step, status, code in ledger.step_statuses(conn, event_id, [r.recipient_ref for r in rows]):
-            per_ref[ref].append((channel, step, status, code))
         reached: dict[str, list[str]] = defaultdict(list)
         moving: dict[int, dict[str, str]] = defaultdict(dict)  # stage -> ref -> why
-        for row in rows:
-            mine = per_ref[row.recipient_ref]
+        for person in standing:
+            row, mine = person.route, person.deliveries
             hit = next((c for c, _step, status, _code in mine if status in plan.confirmed_by.get(c, ())), None)
             if hit is not None:
                 reached[hit].append(row.recipient_ref)

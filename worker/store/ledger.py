@@ -458,22 +458,6 @@ def note(conn: Connection, notes: Sequence[Note]) -> None:
     )
 
 
-def step_statuses(conn: Connection, event_id: str, refs: Sequence[str]) -> list[tuple[str, str, int, str, str | None]]:
-    """(ref, channel, step, status, error code) of every delivery of these recipients."""
-    if not refs:
-        return []
-    rows = conn.execute(
-        select(
-            deliveries.c.recipient_ref,
-            deliveries.c.channel,
-            deliveries.c.step,
-            deliveries.c.status,
-            deliveries.c.error_code,
-        ).where(deliveries.c.event_id == event_id, deliveries.c.recipient_ref.in_(list(refs)))
-    )
-    return [(ref, channel, step, status, code) for ref, channel, step, status, code in rows]
-
-
 def recent_counts(
     conn: Connection, channel: str, refs: Sequence[str], since: datetime, exclude_event: str
 ) -> dict[str, int]:
