@@ -310,10 +310,7 @@ def announcements_list(
 
     settings = _settings()
     with _engine(settings).connect() as conn:
-        rows = announcements.on_site(conn) + [
-            a for a in (announcements.get(conn, i) for i in announcements.stalled(conn, utcnow_())) if a is not None
-        ]
-    unique = {a.id: a for a in rows}.values()
+        unique = announcements.every(conn)
     if as_json:
         print(
             json.dumps(
@@ -372,13 +369,6 @@ def announcements_publish(
     except BrokerUnavailable as exc:
         fail(str(exc))
     out.print(f"queued a publication of {announcement_id}", highlight=False)
-
-
-def utcnow_() -> Any:
-    """Now, for queries that want everything up to now."""
-    from worker.clock import utcnow
-
-    return utcnow()
 
 
 @recipients_app.command("import")

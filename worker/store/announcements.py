@@ -135,6 +135,11 @@ def on_site(conn: Connection, including: str | None = None) -> list[Announcement
     return [_from_row(row) for row in rows]
 
 
+def every(conn: Connection) -> list[Announcement]:
+    """Every announcement, public or not yet, oldest first."""
+    return [_from_row(row) for row in conn.execute(select(announcements).order_by(announcements.c.created_at))]
+
+
 def stalled(conn: Connection, before: datetime, limit: int = 100) -> list[str]:
     """Announcements nobody has handed to a publisher since before ``before`` although they
     have an unpublished change, or people still waiting for them to go public."""
