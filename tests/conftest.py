@@ -18,9 +18,12 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from support import Rig
 
 from worker.config import Settings
 from worker.sandbox.smtp_sink import SmtpSink
+from worker.sandbox.twilio import TwilioSandbox
+from worker.serving import free_port
 from worker.store.engine import make_engine, migrate
 
 PG_URL = os.environ.get("HERALD_TEST_DATABASE_URL", "")
@@ -108,3 +111,38 @@ def make_settings(tmp_path: Path, redis_url: str, database_url: str, smtp_sink: 
         return Settings(**values)
 
     return build
+
+
+#: The Twilio sandbox's credentials in tests that use the ``rig``.
+TWILIO_SID = "AC" + "7" * 32
+TWILIO_TOKEN = "rig-test-token"
+
+
+@pytest.fixture
+def rig(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[Rig]:
+    """All four channels against a Twilio sandbox, with herald serve taking its callbacks."""
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    with TwilioSandbox(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN) as sandbox:
+
+        def build(**overrides: Any) -> Settings:
+            values: dict[str, Any] = {
+                "channels": ("email", "insite", "sms", "phone"),
+                "twilio_account_sid": TWILIO_SID,
+                "twilio_auth_token": TWILIO_TOKEN,
+                "twilio_base_url": sandbox.url,
+                "public_url": public,
+                "sms_rate_per_second": 500.0,
+                "phone_rate_per_second": 500.0,
+                "announcements_dir": tmp_path / "site",
+                "sweep_interval_s": 1.0,
+            }
+            values.update(overrides)
+            return make_settings(**values)
+
+        rig = Rig(sandbox, public, build)
+        try:
+            yield rig
+        finally:
+            if rig.server is not None:
+                rig.server.stop()

@@ -7,7 +7,8 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -19,6 +20,9 @@ from sqlalchemy import Engine, func, select
 from worker.actors import Actors, declare_actors
 from worker.broker import build_broker, ingest_message, publish, worker_command
 from worker.config import Settings
+from worker.http import create_app
+from worker.sandbox.twilio import TwilioSandbox
+from worker.serving import ServerThread
 from worker.store.engine import make_engine
 from worker.store.intake import event_summary
 from worker.store.ledger import outcome_counts, unfinished_count
@@ -191,3 +195,48 @@ def stop_workers(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+#: A chain one channel at a time, so that every failure shows as a hand-on.
+SEQUENTIAL = """\
+  - name: incident
+    match: {type: security_incident}
+    stages:
+      - {channels: [email, insite], wait: 10m}
+      - {channels: [sms], wait: 10m}
+      - {channels: [phone], wait: 10m}
+    announce: true
+  - name: account
+    match: {type: account_notice}
+    stages:
+      - {channels: [email, insite], wait: 10m}
+      - {channels: [sms], wait: 10m}
+  - name: service
+    match: {type: service_notice}
+    stages:
+      - {channels: [email, insite], wait: 10m}
+      - {channels: [sms], wait: 10m}
+    announce: true
+  - name: policy
+    match: {type: policy_change}
+    stages: [{channels: [email, insite], wait: 10m}]
+    announce: true
+"""
+
+
+@dataclass
+class Rig:
+    """The parts of one test's herald; ``settings()`` also starts `herald serve` with them."""
+
+    sandbox: TwilioSandbox
+    public_url: str
+    build: Callable[..., Settings]
+    defaults: dict[str, Any] = field(default_factory=dict)  # a fixture's own settings, under the test's
+    server: ServerThread | None = None
+
+    def settings(self, **overrides: Any) -> Settings:
+        """This test's settings; the callback app runs with the same ones (same queues)."""
+        assert self.server is None, "one set of settings per test"
+        settings = self.build(**{**self.defaults, **overrides})
+        self.server = ServerThread(create_app(settings), port=int(self.public_url.rsplit(":", 1)[1])).start()
+        return settings

@@ -82,9 +82,11 @@ CHANNEL_EVENT_TYPES: dict[str, frozenset[str]] = {
 }
 
 #: The public announcement site's chrome (``worker.site``): ``_site/index.html``, its root
-#: page, and in ``_site/<locale>/`` an index and a page per announcement for each locale.
+#: page, and in ``_site/<locale>/`` an index and a page per announcement for each locale;
+#: all of them extend ``_site/layout.html``, the markup and CSS they share.
 SITE_FOLDER = "_site"
 SITE_ROOT_TEMPLATE = "index.html"
+SITE_LAYOUT_TEMPLATE = "layout.html"
 SITE_LOCALE_TEMPLATES = ("index.html", "page.html")
 
 #: Default most segments an SMS may take (``HERALD_SMS_MAX_SEGMENTS``).
@@ -405,9 +407,10 @@ class Renderer:
         return [f"{event_type}/{folder}/{name}" for name in filter(None, names)]
 
     def site_template_files(self, locale: str | None = None) -> list[str]:
-        """The announcement site's templates for ``locale`` (``None``: its root page), for policies that announce."""
+        """The announcement site's templates for ``locale`` (``None``: its root page and the
+        layout every page extends), for policies that announce."""
         if locale is None:
-            return [f"{SITE_FOLDER}/{SITE_ROOT_TEMPLATE}"]
+            return [f"{SITE_FOLDER}/{SITE_ROOT_TEMPLATE}", f"{SITE_FOLDER}/{SITE_LAYOUT_TEMPLATE}"]
         # The site builder opens ``_site/<locale>/`` as spelled, so no case-folding here.
         return [f"{SITE_FOLDER}/{locale}/{name}" for name in SITE_LOCALE_TEMPLATES]
 

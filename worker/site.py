@@ -11,11 +11,11 @@ Per locale the site has an index (most recently updated first), one page per ann
 sits at the root. Links inside HTML are relative, so the folder works wherever it is served;
 links in feeds are absolute (``base_url``), as feed readers need.
 
-Safety: the chrome templates (``templates/_site/<locale>/``) run in the renderer's sandbox with
-autoescape. Only the entries' HTML fragments, which the renderer produced with autoescape from
-the announcement templates, go in as ``Markup``; titles and everything else are plain values
-and get escaped. Feeds are built with ``xml.etree.ElementTree`` and ``json``, which escape for
-their formats.
+Safety: the chrome templates (``templates/_site/<locale>/``, and ``_site/layout.html`` that they
+extend) run in the renderer's sandbox with autoescape. Only the entries' HTML fragments, which
+the renderer produced with autoescape from the announcement templates, go in as ``Markup``;
+titles and everything else are plain values and get escaped. Feeds are built with
+``xml.etree.ElementTree`` and ``json``, which escape for their formats.
 """
 
 from __future__ import annotations
@@ -212,8 +212,8 @@ class SiteBuilder:
             raise ConfigurationError(
                 f"the announcement site's base URL must be an absolute http(s) URL, not {base_url!r}"
             )
-        needed = [f"{SITE_TEMPLATES}/index.html"] + [
-            f"{SITE_TEMPLATES}/{loc}/{name}" for loc in self.locales for name in ("index.html", "page.html")
+        needed = renderer.site_template_files(None) + [
+            path for loc in self.locales for path in renderer.site_template_files(loc)
         ]
         missing = [path for path in needed if not (renderer.templates_dir / path).is_file()]
         if missing:
@@ -477,6 +477,10 @@ def _text(parent: ET.Element, tag: str, text: str) -> ET.Element:
 
 
 def _template_failed(name: str, exc: jinja2.TemplateError) -> ConfigurationError:
-    line = f" line {exc.lineno}" if isinstance(exc, jinja2.TemplateSyntaxError) else ""
+    line = ""
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        # The error may be in a template this one extends (the layout): name the one it is in.
+        name = exc.name or name
+        line = f" line {exc.lineno}"
     message = " ".join(str(exc).split())
     return ConfigurationError(f"template {name}{line} fails: {type(exc).__name__}: {message}")

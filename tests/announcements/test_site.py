@@ -271,6 +271,49 @@ def test_the_chinese_page_uses_the_chinese_labels(renderer: Renderer, builder: S
     assert "Investigating" not in page and "Identified" not in page
 
 
+CHROME_WORDS = {
+    "en": (
+        '"Segoe UI"',
+        "Skip to the content",
+        'aria-label="Site"',
+        "All announcements",
+        'aria-label="Language"',
+        "Subscribe: ",
+        "Atom feed",
+        "JSON Feed",
+    ),
+    "zh-CN": (
+        '"Noto Sans CJK SC"',
+        "跳至正文",
+        'aria-label="网站导航"',
+        "全部公告",
+        'aria-label="语言"',
+        "订阅：",
+        "Atom 订阅源",
+        "JSON Feed 订阅源",
+    ),
+}
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_every_page_of_a_language_has_the_shared_chrome_in_its_words(
+    renderer: Renderer, builder: SiteBuilder, locale: str
+) -> None:
+    """The layout holds the chrome; each language's index fills in its words, and its pages reuse them."""
+    files = builder.build([incident_view(renderer)], generated_at=T0)
+
+    for path in (f"{locale}/index.html", f"{locale}/incident-inc-2026-0042.html"):
+        html = files[path].decode()
+        assert f'<html lang="{locale}">' in html, path
+        for words in CHROME_WORDS[locale]:
+            assert words in html, (path, words)
+        other = next(loc for loc in LOCALES if loc != locale)
+        assert CHROME_WORDS[other][1] not in html, path
+        assert 'aria-label=""' not in html and '<a class="skip" href="#main"></a>' not in html, path
+        assert '<a href="../index.html">' in html and '<a href="feed.atom" type="application/atom+xml">' in html, path
+        assert html.count('<link rel="alternate"') == 3, path  # Atom, JSON Feed, the other language
+
+
 @pytest.mark.parametrize("locale", LOCALES)
 @pytest.mark.parametrize("status", list(IncidentStatus))
 def test_an_incident_entry_states_its_status_and_all_five_parts(
@@ -532,6 +575,26 @@ def test_a_broken_site_template_fails_the_start_up_check_by_name(tmp_path: Path)
     site = SiteBuilder(Renderer(templates), locales=LOCALES, base_url=BASE_URL)
 
     with pytest.raises(ConfigurationError, match=r"template _site/zh-CN/page\.html fails: UndefinedError"):
+        site.check()
+
+
+def test_a_site_without_its_layout_fails_at_start_up(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(Settings().templates_dir, templates)
+    (templates / "_site" / "layout.html").unlink()
+
+    with pytest.raises(ConfigurationError, match=r"1 announcement site template\(s\) missing .*: _site/layout\.html$"):
+        SiteBuilder(Renderer(templates), locales=LOCALES, base_url=BASE_URL)
+
+
+def test_a_broken_layout_fails_the_start_up_check_naming_the_layout(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(Settings().templates_dir, templates)
+    layout = templates / "_site" / "layout.html"
+    layout.write_text(layout.read_text(encoding="utf-8").replace("{% endblock %}", "{% endblok %}", 1))
+    site = SiteBuilder(Renderer(templates), locales=LOCALES, base_url=BASE_URL)
+
+    with pytest.raises(ConfigurationError, match=r"template _site/layout\.html line \d+ fails: TemplateSyntaxError"):
         site.check()
 
 

@@ -11,9 +11,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from conftest import SEQUENTIAL, Rig
 from sqlalchemy import select
-from support import Pipeline, incident, start_workers, stop_workers, write_routing
+from support import SEQUENTIAL, Pipeline, Rig, incident, start_workers, stop_workers, write_routing
 
 from worker.sandbox.smtp_sink import SmtpSink
 from worker.store.schema import deliveries

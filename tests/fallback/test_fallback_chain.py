@@ -13,9 +13,8 @@ from typing import Any
 
 import feedparser
 import httpx
-from conftest import SEQUENTIAL, Rig
 from sqlalchemy import select
-from support import Pipeline, incident, write_routing
+from support import SEQUENTIAL, Pipeline, Rig, incident, write_routing
 
 from worker.sandbox.smtp_sink import SmtpSink
 from worker.site import page_path

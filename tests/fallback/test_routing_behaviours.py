@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SEQUENTIAL, Rig
 from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from support import Pipeline, incident, write_routing
+from support import SEQUENTIAL, Pipeline, Rig, incident, write_routing
 
 import worker.actors
 from worker.config import Settings

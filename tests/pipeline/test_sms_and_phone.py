@@ -3,20 +3,17 @@ signed callbacks → `herald serve` → the ledger."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from support import Pipeline, every_type_at_once, incident, start_workers, stop_workers, write_routing
+from support import Pipeline, Rig, every_type_at_once, incident, start_workers, stop_workers, write_routing
 
 from worker.config import Settings
 from worker.events import parse_event
-from worker.http import create_app
 from worker.rendering import Renderer
 from worker.sandbox.twilio import TwilioSandbox
-from worker.serving import ServerThread, free_port
+from worker.serving import free_port
 
 SID = "AC" + "1" * 32
 TOKEN = "pipeline-test-token"
@@ -35,40 +32,19 @@ def phones(count: int, prefix: str = "p") -> list[dict[str, str]]:
     ]
 
 
-@dataclass
-class Twilio:
-    sandbox: TwilioSandbox
-    settings: Callable[..., Settings]
-
-
 @pytest.fixture
-def twilio(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[Twilio]:
-    """A Twilio sandbox and herald's callback app, wired to each other; every notice goes out
-    on every enabled channel at once (these tests are about the channels, not routing)."""
-    port = free_port()
-    public = f"http://127.0.0.1:{port}"
-    routing = write_routing(tmp_path, every_type_at_once("[sms, phone]"))
-    with TwilioSandbox(account_sid=SID, auth_token=TOKEN) as sandbox:
-
-        def build(**overrides: Any) -> Settings:
-            values: dict[str, Any] = {
-                "channels": ("insite", "sms", "phone"),
-                "routing_file": routing,
-                "twilio_account_sid": SID,
-                "twilio_auth_token": TOKEN,
-                "twilio_base_url": sandbox.url,
-                "public_url": public,
-                "sms_rate_per_second": 500.0,
-                "phone_rate_per_second": 500.0,
-            }
-            values.update(overrides)
-            return make_settings(**values)
-
-        with ServerThread(create_app(build()), port=port):
-            yield Twilio(sandbox, build)
+def twilio(rig: Rig, tmp_path: Path) -> Rig:
+    """The Twilio sandbox and herald's callback app; every notice goes out on every enabled
+    channel at once (these tests are about the channels, not routing)."""
+    rig.defaults.update(
+        channels=("insite", "sms", "phone"),
+        routing_file=write_routing(tmp_path, every_type_at_once("[sms, phone]")),
+        sweep_interval_s=30.0,
+    )
+    return rig
 
 
-def test_sms_and_calls_reach_100_people_and_callbacks_settle_the_ledger(twilio: Twilio) -> None:
+def test_sms_and_calls_reach_100_people_and_callbacks_settle_the_ledger(twilio: Rig) -> None:
     settings = twilio.settings()
     event = incident(phones(100), severity="critical")
     with Pipeline(settings) as pipeline:
@@ -100,7 +76,7 @@ def test_sms_and_calls_reach_100_people_and_callbacks_settle_the_ledger(twilio: 
     assert {r.status for r in rows if r.channel == "phone"} == {"sent", "acknowledged"}
 
 
-def test_invalid_numbers_never_reach_twilio_and_unsubscribed_ones_fail_permanently(twilio: Twilio) -> None:
+def test_invalid_numbers_never_reach_twilio_and_unsubscribed_ones_fail_permanently(twilio: Rig) -> None:
     good = phones(4)
     people = [
         *good,
@@ -126,7 +102,7 @@ def test_invalid_numbers_never_reach_twilio_and_unsubscribed_ones_fail_permanent
     assert any(code == "invalid-contact" for code, _ in reasons)
 
 
-def test_429_and_500_answers_are_retried_until_every_sms_is_delivered(twilio: Twilio) -> None:
+def test_429_and_500_answers_are_retried_until_every_sms_is_delivered(twilio: Rig) -> None:
     twilio.sandbox.set_faults(rate_429=0.3, rate_500=0.1, seed=7)
     event = incident(phones(60))
     with Pipeline(twilio.settings(channels=("insite", "sms"))) as pipeline:
@@ -147,7 +123,7 @@ def test_429_and_500_answers_are_retried_until_every_sms_is_delivered(twilio: Tw
     assert ledgered == len(refused)
 
 
-def test_the_sms_rate_limit_holds_across_worker_processes(twilio: Twilio, tmp_path: Path) -> None:
+def test_the_sms_rate_limit_holds_across_worker_processes(twilio: Rig, tmp_path: Path) -> None:
     limit = 10
     event = incident(phones(60))
     settings = twilio.settings(channels=("insite", "sms"), sms_rate_per_second=float(limit), batch_size=10)

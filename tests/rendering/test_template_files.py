@@ -90,10 +90,10 @@ def test_template_files_refuses_a_pair_that_cannot_be_rendered(event_type: str, 
         Renderer(DEFAULT_TEMPLATES_DIR).template_files(event_type, channel, "en")
 
 
-def test_the_announcement_site_needs_a_root_page_and_two_pages_per_locale() -> None:
+def test_the_announcement_site_needs_a_root_page_a_layout_and_two_pages_per_locale() -> None:
     renderer = Renderer(DEFAULT_TEMPLATES_DIR)
 
-    assert renderer.site_template_files() == ["_site/index.html"]
+    assert renderer.site_template_files() == ["_site/index.html", "_site/layout.html"]
     assert renderer.site_template_files("zh-CN") == ["_site/zh-CN/index.html", "_site/zh-CN/page.html"]
 
 

@@ -100,7 +100,8 @@ def templates_with_announcements(target: Path) -> Path:
                 if not path.exists():
                     path.write_text("{{ event.event_id }}\n", encoding="utf-8")
     site = target / "_site"
-    for relative in ["index.html", *(f"{loc}/{name}" for loc in LOCALES for name in ("index.html", "page.html"))]:
+    shared = ["index.html", "layout.html"]
+    for relative in [*shared, *(f"{loc}/{name}" for loc in LOCALES for name in ("index.html", "page.html"))]:
         path = site / relative
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)

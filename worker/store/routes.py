@@ -88,11 +88,19 @@ class Standing:
 
 
 def lock_with_deliveries(conn: Connection, event_id: str, refs: Iterable[str]) -> list[Standing]:
-    """The recipients still being tried and their deliveries, in one query; their route rows
-    stay locked (PostgreSQL) until the transaction ends."""
+    """The recipients still being tried and their deliveries; their route rows stay locked
+    (PostgreSQL) until the transaction ends.
+
+    On PostgreSQL the lock is taken by a statement of its own *before* the deliveries are
+    read: rows joined to a ``FOR UPDATE`` come from the snapshot taken before the lock was
+    waited for, so two workers settling the same person at once could each miss the other's
+    result and leave the person waiting. SQLite serialises writers, so one query does there.
+    """
     wanted = sorted(set(refs))
     if not wanted:
         return []
+    if conn.dialect.name == "postgresql":
+        _lock(conn, event_id, wanted)
     stmt = (
         select(
             routes.c.recipient_ref,
@@ -115,7 +123,6 @@ def lock_with_deliveries(conn: Connection, event_id: str, refs: Iterable[str]) -
             routes.c.outcome == RouteOutcome.IN_PROGRESS.value,
         )
         .order_by(routes.c.recipient_ref)
-        .with_for_update(of=routes)
     )
     found: dict[str, Standing] = {}
     for ref, stage, wait, channel, step, status, code in conn.execute(stmt):
