@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -46,6 +47,15 @@ from worker.store.ledger import Move, apply_pending_callbacks, pending_callback_
 log = logging.getLogger("herald.http")
 
 THANKS = "Thank you. Your confirmation has been recorded. Goodbye."
+
+
+class PublicSite(StaticFiles):
+    """The published announcement site; the publishers' lock files (dot files) are not part of it."""
+
+    def lookup_path(self, path: str) -> tuple[str, os.stat_result | None]:
+        if any(part.startswith(".") and part != "." for part in path.split("/")):
+            return "", None
+        return super().lookup_path(path)
 
 
 def create_app(settings: Settings, engine: Engine | None = None, broker: dramatiq.Broker | None = None) -> Starlette:
@@ -180,7 +190,7 @@ def create_app(settings: Settings, engine: Engine | None = None, broker: dramati
             Route("/twilio/voice-status", voice_status, methods=["POST"]),
             Route("/twilio/gather", gather, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
-            Mount("/announcements", app=StaticFiles(directory=site, html=True), name="announcements"),
+            Mount("/announcements", app=PublicSite(directory=site, html=True), name="announcements"),
         ],
         lifespan=lifespan,
     )

@@ -132,5 +132,7 @@ def test_everyone_ends_reached_or_covered_by_one_announcement_after_one_pass_dow
         assert [item["url"] for item in items] == [entry.link]
         served = httpx.get(f"{rig.public_url}/announcements/{page_path(announcement.id, locale)}")
         assert served.status_code == 200 and served.content == page.read_bytes()
+    assert httpx.get(f"{rig.public_url}/announcements/.build.lock").status_code == 404
+    assert httpx.get(f"{rig.public_url}/announcements/").status_code == 200
     published = [r for r in rows if r.status == "published"]
     assert len(published) == 1 and published[0].recipient_ref == "public"
