@@ -27,6 +27,7 @@ class Recipient:
     email: str | None = None
     phone: str | None = None
     locale: str = "en"
+    time_zone: str | None = None  # IANA; None = the locale's default zone
 
 
 @dataclass(frozen=True, slots=True)

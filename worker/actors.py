@@ -18,6 +18,7 @@ from dramatiq.middleware import CurrentMessage, Middleware
 
 from channels import check_channels, check_providers
 from worker.broker import CONTROL_QUEUE, FANOUT_QUEUE, INGEST_ACTOR, INGEST_QUEUE, delivery_queue
+from worker.clock import utcnow
 from worker.config import Settings
 from worker.delivery import deliver_batch, exhaust_batch
 from worker.dispatch import PUBLISH_ACTOR, Dispatch, enqueue
@@ -28,7 +29,10 @@ from worker.ingest import ingest as ingest_payload
 from worker.publishing import publish_announcement
 from worker.reconcile import reconcile
 from worker.runtime import Runtime
+from worker.scheduler import RUN_ACTOR
+from worker.scheduling import run_job
 from worker.site import SiteBuilder
+from worker.store import schedules
 from worker.store.engine import read_only, schema_is_current
 from worker.store.intake import IntakeOutcome, fanout_cursor
 from worker.sweep import claim_timer, sweep
@@ -134,7 +138,13 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
             enqueue(broker, dispatch)
 
     def ingest(payload: str | dict[str, Any]) -> None:
-        result = ingest_payload(runtime.engine, payload, max_bytes=settings.max_event_bytes, planner=planner)
+        result = ingest_payload(
+            runtime.engine,
+            payload,
+            max_bytes=settings.max_event_bytes,
+            planner=planner,
+            rules=settings.notice_rules,
+        )
         if result.outcome is IntakeOutcome.REJECTED:
             return
         if result.republish is not None:
@@ -205,6 +215,17 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
         if published is not None and published.again:
             publish_actor.send(announcement_id)
 
+    def run_schedule(job_id: int) -> None:
+        with runtime.engine.begin() as conn:
+            job = schedules.get(conn, job_id)
+            if job is None:
+                log.error("no scheduled job %s", job_id)
+                return
+            work = run_job(conn, job, runtime.event(job.event_id), utcnow())
+        hand_on(work.dispatch)
+        if work.fanout is not None:
+            fanout_actor.send(*work.fanout)
+
     def sweep_once() -> None:
         result = sweep(runtime)
         hand_on(result.dispatch)
@@ -235,6 +256,7 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
         on_retry_exhausted="delivery_exhausted",
         **retry_options,
     )(publish)
+    dramatiq.actor(actor_name=RUN_ACTOR, queue_name=CONTROL_QUEUE, broker=broker, **retry_options)(run_schedule)
     # One sweep at a time is plenty; a sweep that fails is simply the next one's work.
     sweep_actor = dramatiq.actor(actor_name="sweep", queue_name=CONTROL_QUEUE, broker=broker, max_retries=0)(sweep_once)
     deliver_actors: dict[str, dramatiq.Actor[Any, Any]] = {}

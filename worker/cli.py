@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -18,6 +19,7 @@ from rich.table import Table
 
 from worker.config import Settings, get_settings
 from worker.errors import BrokerUnavailable, ConfigurationError, HeraldError, InvalidEvent
+from worker.events import PolicyChange
 
 app = typer.Typer(
     name="herald",
@@ -29,11 +31,13 @@ app = typer.Typer(
 events_app = typer.Typer(help="Look at events herald received.", no_args_is_help=True)
 recipients_app = typer.Typer(help="Manage the recipients table.", no_args_is_help=True)
 routing_app = typer.Typer(help="The routing policy: channels, fallback chains, announcements.", no_args_is_help=True)
+schedule_app = typer.Typer(help="The durable schedule of policy-change notices.", no_args_is_help=True)
 announcements_app = typer.Typer(help="The public announcements.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 app.add_typer(recipients_app, name="recipients")
 app.add_typer(routing_app, name="routing")
 app.add_typer(announcements_app, name="announcements")
+app.add_typer(schedule_app, name="schedule")
 
 out = Console()
 err = Console(stderr=True)
@@ -114,7 +118,7 @@ def send(
     except OSError as exc:
         fail(f"cannot read {file}: {exc.strerror}", 2)
     try:
-        event = parse_event(raw, max_bytes=settings.max_event_bytes)
+        event = parse_event(raw, max_bytes=settings.max_event_bytes, rules=settings.notice_rules)
     except InvalidEvent as exc:
         fail(f"invalid event: {exc.reason}", 2)
     try:
@@ -124,6 +128,8 @@ def send(
     except BrokerUnavailable as exc:
         fail(str(exc))
     out.print(f"queued {event.type} [bold]{event.event_id}[/] (message {message_id})", highlight=False)
+    if isinstance(event, PolicyChange):
+        out.print(change_schedule_table(event))
 
 
 @app.command()
@@ -233,6 +239,23 @@ def outcome_table(counts: dict[tuple[str, str], int], title: str = "Deliveries")
     for channel in sorted({channel for channel, _ in counts}):
         row = [counts.get((channel, status), 0) for status in statuses]
         table.add_row(channel, *(str(n) for n in row), str(sum(row)))
+    return table
+
+
+def change_schedule_table(event: PolicyChange) -> Table:
+    """What a policy change will do, and when (as the workers will schedule it now)."""
+    from worker.clock import utcnow
+    from worker.scheduling import describe, jobs_for
+
+    data = event.data
+    table = Table(title=f"Schedule of {data.document} version {data.version} (herald scheduler sends each when due)")
+    table.add_column("when (UTC)")
+    table.add_column("what")
+    for job, due in jobs_for(event, utcnow()):
+        table.add_row(f"{due:%Y-%m-%d %H:%M:%S}", describe(job))
+    table.add_row(f"{data.effective_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}", "the change takes effect")
+    if data.override is not None:
+        table.caption = f"lead-time rule waived by {data.override.operator}: {data.override.legal_basis}"
     return table
 
 
@@ -369,6 +392,142 @@ def announcements_publish(
     except BrokerUnavailable as exc:
         fail(str(exc))
     out.print(f"queued a publication of {announcement_id}", highlight=False)
+
+
+@app.command()
+def scheduler(
+    interval: Annotated[
+        float | None, typer.Option(help="Seconds between ticks (default HERALD_SCHEDULER_INTERVAL_S).")
+    ] = None,
+) -> None:
+    """Run the scheduler: hand due policy-change jobs to the workers until interrupted (safe to run several)."""
+    import signal as signals
+    import threading
+
+    from worker.broker import build_broker
+    from worker.logs import configure_logging
+    from worker.scheduler import Scheduler
+
+    settings = _settings()
+    if interval is not None:
+        settings = settings.model_copy(update={"scheduler_interval_s": interval})
+    engine = _engine(settings)
+    configure_logging()
+    stop = threading.Event()
+    for sig in (signals.SIGINT, signals.SIGTERM):
+        signals.signal(sig, lambda *_: stop.set())
+    broker = build_broker(settings)
+    runner = Scheduler(settings, engine, broker)
+    err.print(f"herald scheduler {runner.claimant}: every {settings.scheduler_interval_s:g} s", highlight=False)
+    try:
+        runner.run(stop)
+    finally:
+        broker.close()
+        engine.dispose()
+
+
+@schedule_app.command("list")
+def schedule_list(
+    tz: Annotated[str, typer.Option("--tz", help="Also show due times in this IANA zone.")] = "Asia/Shanghai",
+    show_all: Annotated[bool, typer.Option("--all", help="Include jobs done or cancelled.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List scheduled jobs: due time in UTC and in a chosen zone, state, and what they do."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from worker.scheduling import describe
+    from worker.store import schedules
+    from worker.store.intake import load_event
+
+    try:
+        zone = ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        fail(f"unknown time zone {tz!r}; use an IANA name such as Europe/Berlin", 2)
+    settings = _settings()
+    with _engine(settings).connect() as conn:
+        jobs = schedules.listing(conn, include_finished=show_all)
+        docs: dict[str, str] = {}
+        for job in jobs:
+            if job.event_id not in docs:
+                event = load_event(conn, job.event_id)
+                docs[job.event_id] = (
+                    f"{event.data.document} {event.data.version}" if isinstance(event, PolicyChange) else event.type
+                )
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": j.id,
+                        "event_id": j.event_id,
+                        "document": docs[j.event_id],
+                        "job": j.job.value,
+                        "due_at": j.due_at.isoformat(),
+                        "due_local": j.due_at.astimezone(zone).isoformat(),
+                        "state": j.state.value,
+                        "note": j.note,
+                    }
+                    for j in jobs
+                ],
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+        return
+    if not jobs:
+        out.print("nothing scheduled" if not show_all else "the schedule is empty")
+        return
+    table = Table(title="Scheduled jobs")
+    for column in ("id", "due (UTC)", f"due ({tz})", "state", "document", "what", "event", "note"):
+        table.add_column(column, overflow="fold")
+    for j in jobs:
+        table.add_row(
+            str(j.id),
+            f"{j.due_at:%Y-%m-%d %H:%M}",
+            f"{j.due_at.astimezone(zone):%Y-%m-%d %H:%M %Z}",
+            j.state.value,
+            docs[j.event_id],
+            describe(j.job),
+            j.event_id,
+            j.note or "",
+        )
+    out.print(table)
+
+
+@schedule_app.command("cancel")
+def schedule_cancel(
+    job_id: Annotated[int, typer.Argument(help="A job's id (see `herald schedule list`).")],
+    operator: Annotated[str, typer.Option(help="Who cancels (recorded in the ledger).")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the ledger).")] = "no reason given",
+) -> None:
+    """Cancel a policy change (its notice or notices job) or only its reminder; a change whose
+    notice is already public gets a public withdrawal notice."""
+    from worker.clock import utcnow
+    from worker.scheduling import cancel_change, cancel_reminder
+    from worker.store import schedules
+    from worker.store.schedules import Job, JobState
+
+    settings = _settings()
+    operator, reason = " ".join(operator.split()), " ".join(reason.split())
+    if not operator:
+        fail("--operator must name who cancels", 2)
+    with _engine(settings).begin() as conn:
+        job = schedules.get(conn, job_id)
+        if job is None:
+            fail(f"no scheduled job {job_id}", 2)
+        if job.job is Job.WITHDRAW:
+            fail(f"job {job_id} is a withdrawal notice; a withdrawal is not cancelled", 2)
+        if job.state in (JobState.DONE, JobState.CANCELLED) and job.job is Job.REMINDER:
+            fail(f"job {job_id} is already {job.state.value}", 2)
+        if job.job is Job.REMINDER:
+            cancel_reminder(conn, job.event_id, operator=operator, reason=reason, now=utcnow())
+            out.print(f"cancelled the reminder of {job.event_id}", highlight=False)
+            return
+        result = cancel_change(conn, job.event_id, operator=operator, reason=reason, now=utcnow())
+    if not result.replaced:
+        fail(f"nothing left to cancel for {job.event_id}: its notices have all gone out", 2)
+    withdrawn = " Its notice was already public: a withdrawal notice will be published." if result.withdrawn else ""
+    out.print(f"cancelled the policy change {job.event_id}.{withdrawn}", highlight=False)
 
 
 @recipients_app.command("import")

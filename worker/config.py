@@ -7,12 +7,15 @@ name, one default and one validation rule. Secrets are read from the environment
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from worker.events import NoticeRules
 
 #: Where the repository's ``templates/`` folder sits for an editable install.
 DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -78,6 +81,18 @@ class Settings(BaseSettings):
     phone_rate_per_second: float = Field(1.0, gt=0, description="Calls per second per sender, all workers together.")
     sms_concurrency: int = Field(16, ge=1, le=256, description="SMS requests in flight per worker thread.")
     phone_concurrency: int = Field(4, ge=1, le=256, description="Call requests in flight per worker thread.")
+
+    # --- policy-change notices and the scheduler -------------------------------------------
+    policy_notice_lead_h: float = Field(
+        168.0, ge=168.0, description="Substantial change: notice public this long before; at least a week."
+    )
+    minor_policy_notice_lead_h: float = Field(0.0, ge=0.0, description="Non-substantial change: the same lead.")
+    scheduler_interval_s: float = Field(5.0, gt=0, description="How often `herald scheduler` looks for due jobs.")
+    scheduler_lease_s: float = Field(60.0, gt=0, description="A claimed job not enqueued by then is claimed again.")
+    locale_time_zones: dict[str, str] = Field(
+        default_factory=lambda: {"zh-CN": "Asia/Shanghai"},
+        description="Time zone for readers of a locale who gave none (others: UTC).",
+    )
 
     # --- backup providers --------------------------------------------------------------
     providers: dict[str, dict[str, Any]] = Field(
@@ -145,6 +160,14 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'herald.db').resolve()}"
+
+    @property
+    def notice_rules(self) -> NoticeRules:
+        """The lead-time rules policy changes are checked against."""
+        return NoticeRules(
+            substantial_lead=timedelta(hours=self.policy_notice_lead_h),
+            minor_lead=timedelta(hours=self.minor_policy_notice_lead_h),
+        )
 
     @property
     def resolved_announcements_dir(self) -> Path:

@@ -64,7 +64,8 @@ def deliver_batch(
         if person is None:
             erased.append(Receipt.failed(key, PermanentDeliveryError("recipient erased before delivery")))
             continue
-        content = rt.renderer.render(event, channel, person.locale)
+        zone = person.time_zone or rt.settings.locale_time_zones.get(person.locale)
+        content = rt.renderer.render(event, channel, person.locale, zone)
         messages.append(OutboundMessage(key=key, recipient=person, content=content))
 
     dispatch = Dispatch()

@@ -12,12 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -31,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from worker.clock import utcnow
 from worker.errors import InvalidEvent, PayloadTooLarge
 
 #: The five parts the privacy policy promises in every security-incident notice.
@@ -113,6 +117,7 @@ class RecipientIn(_Model):
 
     ``opt_out`` names channels the person asked not to be contacted on. It is honoured for
     optional notices and overridden, with the reason in the ledger, for mandatory ones.
+    ``time_zone`` (IANA, e.g. ``Europe/Berlin``) is where times are shown to them.
     """
 
     user_id: Identifier
@@ -121,6 +126,19 @@ class RecipientIn(_Model):
     phone: Annotated[str, StringConstraints(strip_whitespace=True, max_length=32)] | None = None
     locale: str = "en"
     opt_out: Annotated[list[ChannelName], Field(max_length=8)] = Field(default_factory=list)
+    time_zone: Annotated[str, StringConstraints(strip_whitespace=True, max_length=64)] | None = None
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone_or_none(cls, value: str | None) -> str | None:
+        # An unknown zone shows times in the locale's zone rather than losing the recipient.
+        if not value:
+            return None
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            return None
+        return value
 
     @field_validator("locale")
     @classmethod
@@ -273,16 +291,63 @@ class ServiceNoticeData(_Model):
         return Severity.LOW if self.kind is ServiceNoticeKind.MAINTENANCE else Severity.HIGH
 
 
+class PolicyOverride(_Model):
+    """Leave to give less notice than the rule asks: the legal basis, and who decided."""
+
+    legal_basis: Text
+    operator: Line
+
+
+class PolicyNotice(str, Enum):
+    """Which notice of a policy change an event is; herald derives the reminder and withdrawal."""
+
+    CHANGE = "change"
+    REMINDER = "reminder"
+    WITHDRAWAL = "withdrawal"
+
+
+#: The documents herald knows by name (templates give their names in every language).
+KNOWN_DOCUMENTS = ("privacy_policy", "terms_of_service")
+
+
 class PolicyChangeData(_Model):
-    """A change to the privacy policy or terms; substantial ones need a week's notice."""
+    """A change to a policy document; a substantial one must be public a week before it applies.
+
+    ``publish_at`` is when the website notice goes up (default: at once), ``notify_at`` when
+    the individual notices go out (default: with the website notice) and ``remind_at`` an
+    optional reminder before ``effective_at``. The lead-time rule itself is checked by
+    ``check_notice_time``, against the configured leads and the current time.
+    """
 
     document: Line
     version: Line
-    summary: Text
+    title: Line
+    summary_of_changes: Text = Field(validation_alias=AliasChoices("summary_of_changes", "summary"))
     url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=2_000)]
     substantial: bool
     effective_at: AwareDatetime
-    audience: Audience
+    audience: Audience = Field(default_factory=lambda: AllAudience(all=True))
+    publish_at: AwareDatetime | None = None
+    notify_at: AwareDatetime | None = None
+    remind_at: AwareDatetime | None = None
+    override: PolicyOverride | None = None
+    notice: PolicyNotice = PolicyNotice.CHANGE
+
+    @model_validator(mode="after")
+    def _in_order(self) -> PolicyChangeData:
+        for name in ("publish_at", "notify_at", "remind_at"):
+            moment = getattr(self, name)
+            if moment is not None and moment > self.effective_at:
+                raise ValueError(f"{name} must not be after effective_at")
+        start = self.notify_at or self.publish_at
+        if self.remind_at is not None and start is not None and self.remind_at <= start:
+            raise ValueError("remind_at must be after the notices go out (notify_at or publish_at)")
+        return self
+
+    @property
+    def document_key(self) -> str:
+        """The document as a key: ``Privacy Policy`` and ``privacy_policy`` are one document."""
+        return re.sub(r"[^a-z0-9]+", "_", self.document.lower()).strip("_") or "document"
 
 
 class _Envelope(_Model):
@@ -304,16 +369,9 @@ class PolicyChange(_Envelope):
     type: Literal["policy_change"]
     data: PolicyChangeData
 
-    @model_validator(mode="after")
-    def _week_ahead(self) -> PolicyChange:
-        if self.data.substantial:
-            earliest = max(self.occurred_at, datetime.now(UTC)) + SUBSTANTIAL_CHANGE_LEAD
-            if self.data.effective_at < earliest:
-                raise ValueError(
-                    "a substantial policy change needs at least 7 days' notice; "
-                    f"earliest allowed effective_at is {earliest.isoformat(timespec='seconds')}"
-                )
-        return self
+    def notice_at(self, now: datetime) -> datetime:
+        """When the website notice goes public: ``publish_at`` (or ``occurred_at``), not before now."""
+        return max(now, self.data.publish_at or self.occurred_at)
 
 
 class AccountNotice(_Envelope):
@@ -336,6 +394,62 @@ Event = Annotated[
 ]
 EVENT_TYPES = ("security_incident", "policy_change", "account_notice", "service_notice")
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeRules:
+    """The lead times the promises ask of a policy change, as configured, and the time now.
+
+    ``substantial_lead`` is at least seven days (the privacy policy's promise); settings can
+    only make it longer. ``now`` None means the clock's current time.
+    """
+
+    substantial_lead: timedelta = SUBSTANTIAL_CHANGE_LEAD
+    minor_lead: timedelta = timedelta(0)
+    now: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.substantial_lead < SUBSTANTIAL_CHANGE_LEAD:
+            raise ValueError("the lead for a substantial policy change cannot be shorter than 7 days")
+
+
+def check_notice_time(event: Event, rules: NoticeRules) -> None:
+    """Refuse a policy change that would break the lead-time promise, naming the earliest
+    effective time the rule allows; an explicit override (legal basis and operator) waives it.
+
+    Raises:
+        InvalidEvent: the notice would be public too late, or ``notice`` was set by a producer.
+    """
+    if not isinstance(event, PolicyChange):
+        return
+    data = event.data
+    if data.notice is not PolicyNotice.CHANGE:
+        raise InvalidEvent(
+            "invalid policy_change: data.notice is herald's own; producers send changes", event_id=event.event_id
+        )
+    lead = rules.substantial_lead if data.substantial else rules.minor_lead
+    if not lead:
+        return  # nothing promised: a minor change may even be announced as it takes effect
+    public = event.notice_at(rules.now or utcnow())
+    earliest = public + lead
+    if data.effective_at >= earliest or data.override is not None:
+        return
+    kind = "substantial" if data.substantial else "non-substantial"
+    raise InvalidEvent(
+        f"a {kind} policy change must be public at least {_lead_text(lead)} before it takes effect "
+        f"(or carry data.override with a legal_basis and the operator); its notice goes up at "
+        f"{public.isoformat(timespec='seconds')}, so the earliest allowed effective_at is "
+        f"{earliest.isoformat(timespec='seconds')}",
+        event_id=event.event_id,
+    )
+
+
+def _lead_text(lead: timedelta) -> str:
+    hours = lead.total_seconds() / 3600
+    if hours % 24 == 0:
+        days = int(hours // 24)
+        return f"{days} day{'s' if days != 1 else ''} ({int(hours)} h)"
+    return f"{hours:g} h"
 
 
 def audience_of(event: Event) -> Audience:
@@ -372,7 +486,7 @@ def topic_of(event: Event) -> str:
     if isinstance(event, SecurityIncident):
         return f"incident:{event.data.incident_id}"
     if isinstance(event, PolicyChange):
-        return f"policy:{event.data.document}:{event.data.version}"
+        return f"policy:{event.data.document_key}:{event.data.version}"
     return f"event:{event.event_id}"
 
 
@@ -415,8 +529,11 @@ def decode_payload(payload: bytes | str | dict[str, Any], *, max_bytes: int) -> 
     return obj
 
 
-def validate_event(obj: dict[str, Any]) -> Event:
-    """Validate a decoded object as an event.
+def validate_event(obj: dict[str, Any], *, rules: NoticeRules | None = NoticeRules()) -> Event:
+    """Validate a decoded object as an event, and a policy change against the lead-time rules.
+
+    ``rules`` None re-types an event that was accepted earlier, without the time rules: they
+    held when it arrived, and time has moved on since.
 
     Raises:
         InvalidEvent: with a one-line reason naming the offending fields.
@@ -427,18 +544,23 @@ def validate_event(obj: dict[str, Any]) -> Event:
         shown = json.dumps(kind)[:60] if kind is not None else "missing"
         raise InvalidEvent(f"unknown event type {shown}; expected one of {', '.join(EVENT_TYPES)}", event_id=event_id)
     try:
-        return _EVENT_ADAPTER.validate_python(obj)
+        event = _EVENT_ADAPTER.validate_python(obj)
     except ValidationError as exc:
         raise InvalidEvent(f"invalid {kind}: {summarise(exc)}", event_id=event_id) from None
+    if rules is not None:
+        check_notice_time(event, rules)
+    return event
 
 
-def parse_event(payload: bytes | str | dict[str, Any], *, max_bytes: int) -> Event:
-    """Decode and validate one event payload.
+def parse_event(
+    payload: bytes | str | dict[str, Any], *, max_bytes: int, rules: NoticeRules | None = NoticeRules()
+) -> Event:
+    """Decode and validate one event payload (see ``validate_event`` for ``rules``).
 
     Raises:
         InvalidEvent: the payload is too large, not JSON, or not a valid event.
     """
-    return validate_event(decode_payload(payload, max_bytes=max_bytes))
+    return validate_event(decode_payload(payload, max_bytes=max_bytes), rules=rules)
 
 
 def summarise(exc: ValidationError, limit: int = 4, max_chars: int = 400) -> str:

@@ -14,11 +14,22 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from worker import scheduling
 from worker.clock import utcnow
 from worker.errors import InvalidEvent
-from worker.events import Event, body_digest, decode_payload, topic_of, validate_event
+from worker.events import (
+    Event,
+    NoticeRules,
+    PolicyChange,
+    body_digest,
+    check_notice_time,
+    decode_payload,
+    topic_of,
+    validate_event,
+)
+from worker.scheduling import Scheduled
 from worker.store import announcements
-from worker.store.intake import IntakeOutcome, accept_event, fanout_cursor, record_intake
+from worker.store.intake import IntakeOutcome, accept_event, fanout_cursor, is_known, record_intake
 
 log = logging.getLogger("herald.ingest")
 
@@ -36,6 +47,7 @@ class IngestResult:
     reason: str | None = None
     fanout_from: str | None = None
     republish: str | None = None
+    scheduled: Scheduled | None = None  # a policy change's jobs, and earlier versions it replaced
 
 
 def _excerpt(payload: bytes | str | dict[str, Any]) -> tuple[str, int]:
@@ -54,19 +66,33 @@ def ingest(
     *,
     max_bytes: int,
     planner: Callable[[Event], str] | None = None,
+    rules: NoticeRules | None = None,
 ) -> IngestResult:
-    """Validate and store one event with its routing plan (``planner``); never raises for bad input."""
+    """Validate and store one event with its routing plan (``planner``); never raises for bad input.
+
+    A policy change is checked against the lead-time ``rules`` (default: the promised week,
+    nothing for minor changes) and put on the schedule instead of being sent at once. A
+    repeat of an event already accepted is a duplicate whatever the time now: the rules held
+    when it first arrived.
+    """
     excerpt, size = _excerpt(payload)
     obj: dict[str, Any] | None = None
     republish: str | None = None
+    scheduled: Scheduled | None = None
     try:
         obj = decode_payload(payload, max_bytes=max_bytes)
-        event = validate_event(obj)
+        event = validate_event(obj, rules=None)
         plan = planner(event) if planner is not None else None
+        now = (rules.now if rules is not None else None) or utcnow()
         with engine.begin() as conn:
-            outcome = accept_event(conn, event, body_digest(obj), obj, plan=plan)
+            digest = body_digest(obj)
+            if not is_known(conn, event.event_id, digest):
+                check_notice_time(event, rules or NoticeRules(now=now))
+            outcome = accept_event(conn, event, digest, obj, plan=plan)
             if outcome is IntakeOutcome.ACCEPTED:
-                republish = announcements.bump(conn, topic_of(event), utcnow())
+                republish = announcements.bump(conn, topic_of(event), now)
+                if isinstance(event, PolicyChange):
+                    scheduled = scheduling.schedule_change(conn, event, now)
             record_intake(
                 conn,
                 outcome,
@@ -76,6 +102,8 @@ def ingest(
                 source=event.source,
             )
             cursor = fanout_cursor(conn, event.event_id)
+            if isinstance(event, PolicyChange) and not scheduling.notices_started(conn, event.event_id):
+                cursor = None  # the scheduler starts the fan-out when the notices are due
     except InvalidEvent as exc:
         event_id = exc.event_id or (obj.get("event_id") if obj and isinstance(obj.get("event_id"), str) else None)
         event_type = obj.get("type") if obj and isinstance(obj.get("type"), str) else None
@@ -95,4 +123,4 @@ def ingest(
         log.info("duplicate of event %s ignored", event.event_id)
     # A duplicate of an event whose fan-out never finished restarts it where it stands:
     # the first copy may have died between storing the event and enqueueing the fan-out.
-    return IngestResult(outcome, event.event_id, fanout_from=cursor, republish=republish)
+    return IngestResult(outcome, event.event_id, fanout_from=cursor, republish=republish, scheduled=scheduled)

@@ -132,7 +132,8 @@ def _view(
     for event_id in event_ids:
         event = rt.event(event_id)
         status = event.data.status.value if isinstance(event, SecurityIncident) else None
-        content = {locale: rt.renderer.render(event, "announcement", locale) for locale in locales}
+        zones = rt.settings.locale_time_zones
+        content = {locale: rt.renderer.render(event, "announcement", locale, zones.get(locale)) for locale in locales}
         entries.append(TimelineEntry(event_id=event_id, status=status, posted_at=event.occurred_at, content=content))
     return AnnouncementView(
         id=row.id,

@@ -33,8 +33,10 @@ from collections.abc import Iterable
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
+import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from channels.base import Content
@@ -176,9 +178,37 @@ def one_line(value: str, limit: int = MAX_SUBJECT_CHARS) -> str:
     return cleaned
 
 
-def _context(event: Event) -> dict[str, Any]:
-    """What a template sees: the envelope and its data, as variables only, never as source."""
-    return {"event": event, "data": event.data}
+def _context(event: Event, time_zone: str = "UTC") -> dict[str, Any]:
+    """What a template sees: the envelope and its data, as variables only, never as source,
+    and ``reader`` (the reader's time zone) for templates that show local times."""
+    return {"event": event, "data": event.data, "reader": {"time_zone": time_zone}}
+
+
+def zone_or_utc(name: str | None) -> str:
+    """``name`` if it is an IANA time zone this machine knows, else ``UTC``."""
+    if not name:
+        return "UTC"
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return "UTC"
+    return name
+
+
+def format_local_date(value: datetime, time_zone: str = "UTC") -> str:
+    """The day a moment falls on in the reader's zone, ``2027-03-14``."""
+    return as_utc(value).astimezone(ZoneInfo(zone_or_utc(time_zone))).date().isoformat()
+
+
+def format_local(value: datetime, time_zone: str = "UTC") -> str:
+    """A moment in the reader's zone, unambiguous in any language:
+    ``2027-03-14 06:00 (UTC-04:00, America/New_York)``; daylight saving shows in the offset."""
+    zone = zone_or_utc(time_zone)
+    if zone == "UTC":
+        return format_datetime(value)
+    local = as_utc(value).astimezone(ZoneInfo(zone))
+    offset = local.strftime("%z")
+    return f"{local:%Y-%m-%d %H:%M} (UTC{offset[:3]}:{offset[3:]}, {zone})"
 
 
 def _locale_key(locale: str) -> str:
@@ -226,16 +256,19 @@ class Renderer:
             auto_reload=False,
         )
         self.env.filters["datetime"] = format_datetime
+        self.env.filters["local"] = format_local
+        self.env.filters["local_date"] = format_local_date
         self.env.filters["date"] = format_date
         self.env.filters["spoken_datetime"] = spoken_datetime
         self.env.filters["squash"] = squash
         self.env.filters["clip"] = clip
         self.env.filters["sentence"] = sentence
         self._lock = threading.Lock()
-        self._contents: OrderedDict[tuple[str, str, str, str], Content] = OrderedDict()
+        self._contents: OrderedDict[tuple[str, str, str, str, str], Content] = OrderedDict()
         self._digests: OrderedDict[int, tuple[Event, str]] = OrderedDict()
         self._locales: dict[str, list[str]] = {}
         self._resolved: dict[tuple[str, str], str] = {}
+        self._readers: dict[tuple[str, str, ChannelTemplates], bool] = {}
 
     # --- locales -----------------------------------------------------------------------
 
@@ -298,8 +331,11 @@ class Renderer:
 
     # --- rendering ---------------------------------------------------------------------
 
-    def render(self, event: Event, channel: str, locale: str) -> Content:
+    def render(self, event: Event, channel: str, locale: str, time_zone: str | None = None) -> Content:
         """What ``event`` says on ``channel`` to readers of ``locale``; shared by all of them.
+
+        ``time_zone`` matters only to templates that show times in the reader's zone (they
+        use ``reader.time_zone``): their words are cached per zone, the others' per locale.
 
         An SMS is cut to ``sms_max_segments`` (``worker.sms.fit``); its subject is empty, as
         is a phone call's, whose text is what is read aloud.
@@ -315,7 +351,8 @@ class Renderer:
             covered = ", ".join(sorted(CHANNEL_EVENT_TYPES[channel]))
             raise ConfigurationError(f"no {channel} template for {event.type}; {channel} covers {covered}")
         resolved = self.resolve_locale(event.type, locale)
-        key = (event.event_id, self._digest(event), channel, resolved)
+        zone = zone_or_utc(time_zone) if self._reads_reader(event.type, resolved, names) else "UTC"
+        key = (event.event_id, self._digest(event), channel, resolved, zone)
         with self._lock:
             cached = self._contents.get(key)
             if cached is not None:
@@ -323,7 +360,7 @@ class Renderer:
                 return cached
         # Rendering happens outside the lock: two threads may render the same content at
         # once, which costs a little time and is otherwise harmless.
-        content = self._render(event, names, channel, resolved)
+        content = self._render(event, names, channel, resolved, zone)
         with self._lock:
             self._contents[key] = content
             self._contents.move_to_end(key)
@@ -331,8 +368,8 @@ class Renderer:
                 self._contents.popitem(last=False)
         return content
 
-    def _render(self, event: Event, names: ChannelTemplates, channel: str, locale: str) -> Content:
-        context = _context(event)
+    def _render(self, event: Event, names: ChannelTemplates, channel: str, locale: str, zone: str) -> Content:
+        context = _context(event, zone)
         folder = f"{event.type}/{locale}"
         subject = ""
         if names.subject is not None:
@@ -347,12 +384,39 @@ class Renderer:
         if names.html is not None:
             html = self.env.get_template(f"{folder}/{names.html}").render(context)
         return Content(
-            cache_key=f"{event.event_id}:{channel}:{locale}",
+            cache_key=f"{event.event_id}:{channel}:{locale}" + (f":{zone}" if zone != "UTC" else ""),
             locale=locale,
             subject=subject,
             text=text,
             html=html,
         )
+
+    def _reads_reader(self, event_type: str, locale: str, names: ChannelTemplates) -> bool:
+        """Whether these templates (or those they include or import) show anything in the
+        reader's own zone; found once per set, by parsing, not by rendering."""
+        memo = (event_type, locale, names)
+        with self._lock:
+            known = self._readers.get(memo)
+        if known is not None:
+            return known
+        todo = [f"{event_type}/{locale}/{name}" for name in names if name]
+        seen: set[str] = set()
+        reads = False
+        while todo and not reads:
+            path = todo.pop()
+            if path in seen:
+                continue
+            seen.add(path)
+            try:
+                source, _, _ = self.env.loader.get_source(self.env, path)  # type: ignore[union-attr]
+            except jinja2.TemplateNotFound:
+                continue
+            tree = self.env.parse(source)
+            reads = "reader" in jinja2.meta.find_undeclared_variables(tree)
+            todo += [name for name in jinja2.meta.find_referenced_templates(tree) if name]
+        with self._lock:
+            self._readers[memo] = reads
+        return reads
 
     def _digest(self, event: Event) -> str:
         """A digest of what the templates can see, so a reused event_id never gets stale words.

@@ -67,9 +67,10 @@ def _policy_change() -> dict[str, Any]:
     return _envelope(
         "policy_change",
         {
-            "document": "Privacy Policy",
+            "document": "privacy_policy",
             "version": "2026-12",
-            "summary": "We now keep support tickets for 2 years instead of 5.\n"
+            "title": "Shorter retention of support tickets",
+            "summary_of_changes": "We now keep support tickets for 2 years instead of 5.\n"
             "We added a section on how we handle security incidents.",
             "url": "https://www.example.com/legal/privacy",
             "substantial": True,

@@ -80,10 +80,14 @@ ROUTE_TERMINAL = frozenset({RouteOutcome.REACHED, RouteOutcome.COVERED, RouteOut
 
 
 class RouteMark(str, Enum):
-    """Ledger statuses of routing decisions (channel ``route`` or ``announcement``)."""
+    """Ledger statuses of routing and scheduling decisions (channels ``route``, ``announcement``,
+    ``schedule``, ``policy``), next to the delivery statuses of attempts."""
 
     FALLBACK = "fallback"  # the recipient moves on to the next stage; ``reason`` says why
     OVERRIDE = "override"  # a preference was overridden for a mandatory notice; ``reason`` says why
     COVERED = "covered"  # covered by the announcement named in ``provider_message_id``
     UNREACHED = "unreached"  # nothing left to try
     PUBLISHED = "published"  # the announcement itself went public (recipient ``public``)
+    SCHEDULED = "scheduled"  # a policy change's job is on the schedule, due when ``reason`` says
+    CANCELLED = "cancelled"  # scheduled jobs cancelled: replaced by a new version, or by an operator
+    RAN = "ran"  # a scheduled job did its work

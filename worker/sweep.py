@@ -27,7 +27,8 @@ from sqlalchemy import update
 from worker.clock import utcnow
 from worker.dispatch import Dispatch, cut
 from worker.runtime import Runtime
-from worker.store import announcements, ledger, routes
+from worker.store import announcements, ledger, routes, schedules
+from worker.store.engine import read_only
 from worker.store.intake import stalled_fanouts, touch_fanout
 from worker.store.schema import timers
 
@@ -112,6 +113,11 @@ def sweep(rt: Runtime) -> SweepResult:
             touch_fanout(conn, event_id)
             result.fanouts.append((event_id, cursor))
 
+    with read_only(rt.engine) as conn:
+        overdue = schedules.overdue(conn, now - timedelta(seconds=max(60.0, 4 * settings.scheduler_interval_s)))
+    if overdue:
+        # Week-long waits are the scheduler's, not the sweep's: say so loudly, once a sweep.
+        log.warning("%d scheduled jobs are overdue; is `herald scheduler` running?", overdue)
     if result.due:
         log.info("%d recipients reached the end of their stage's confirmation wait", result.due)
     if result.lost:

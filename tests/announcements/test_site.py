@@ -379,7 +379,7 @@ def test_the_index_lists_announcements_most_recently_updated_first(renderer: Ren
     index = files["en/index.html"].decode()
     assert '<span class="status status-identified">Identified</span>' in index
     assert "Scheduled maintenance: Database upgrade" in index
-    assert "Update to our Privacy Policy (version 2026-12)" in index
+    assert "Shorter retention of support tickets (Privacy Policy, version 2026-12)" in index
     assert "数据库" not in index and "维护" in files["zh-CN/index.html"].decode()
 
 
@@ -559,7 +559,8 @@ def test_a_policy_change_entry_states_its_document_version_and_link(renderer: Re
         content = renderer.render(event, "announcement", locale)
         assert '<a href="https://www.example.com/legal/privacy">' in (content.html or "")
         for body in (content.text, content.html or ""):
-            assert "Privacy Policy" in body and "2026-12" in body and "support tickets" in body
+            name = "Privacy Policy" if locale == "en" else "《隐私政策》"
+            assert name in body and "2026-12" in body and "support tickets" in body
             assert ("substantial" if locale == "en" else "重大变更") in body
 
 

@@ -87,6 +87,7 @@ def policy_change(**data: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "document": "Privacy policy",
         "version": "2025-01",
+        "title": "How long we keep delivery evidence",
         "summary": "We now keep delivery evidence for two years.",
         "url": "https://example.com/privacy",
         "substantial": True,

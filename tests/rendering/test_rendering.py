@@ -134,8 +134,10 @@ def test_notices_show_their_key_facts(renderer: Renderer) -> None:
     policy = sample_event("policy_change")
     assert isinstance(policy, PolicyChange)
     text = renderer.render(policy, "email", "en").text
-    assert policy.data.document in text and policy.data.version in text and policy.data.url in text
+    assert "Privacy Policy" in text and policy.data.version in text and policy.data.url in text
+    assert policy.data.title in text and policy.data.summary_of_changes in text
     assert policy.data.effective_at.strftime("%Y-%m-%d %H:%M UTC") in text
+    assert "《隐私政策》" in renderer.render(policy, "email", "zh-CN").text
 
     service = sample_event("service_notice")
     assert isinstance(service, ServiceNotice)

@@ -105,6 +105,12 @@ def accept_event(
     return IntakeOutcome.DUPLICATE
 
 
+def is_known(conn: Connection, event_id: str, digest: str) -> bool:
+    """Whether exactly this event (same id, same body) was accepted before."""
+    stored = conn.execute(select(events.c.digest).where(events.c.event_id == event_id)).scalar_one_or_none()
+    return stored == digest
+
+
 def load_event(conn: Connection, event_id: str) -> Event:
     """Read back an accepted event as its model."""
     body = conn.execute(select(events.c.body).where(events.c.event_id == event_id)).scalar_one()
@@ -112,8 +118,9 @@ def load_event(conn: Connection, event_id: str) -> Event:
 
 
 def validate_stored(obj: dict[str, Any]) -> Event:
-    """Rebuild a stored event; it was valid when accepted, so this only re-types it."""
-    return validate_event(obj)
+    """Rebuild a stored event; it was valid when accepted, so this only re-types it (time
+    rules such as a policy change's lead held then, and are not asked again)."""
+    return validate_event(obj, rules=None)
 
 
 def fanout_cursor(conn: Connection, event_id: str) -> str | None:

@@ -22,7 +22,7 @@ from worker.events import RecipientIn
 from worker.store.dialect import insert_ignoring_conflicts, upsert
 from worker.store.schema import recipients
 
-CSV_COLUMNS = ("user_id", "name", "email", "phone", "locale", "opt_out")
+CSV_COLUMNS = ("user_id", "name", "email", "phone", "locale", "opt_out", "time_zone")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +52,23 @@ def _row(person: RecipientIn, problems: ContactProblems) -> dict[str, Any]:
         "email_problem": email.problem[:300] if email is not None and email.problem else None,
         "phone_problem": phone.problem[:300] if phone is not None and phone.problem else None,
         "opt_out": ",".join(sorted(set(person.opt_out))) or None,
+        "time_zone": person.time_zone,
         "created_at": now,
         "updated_at": now,
     }
 
 
-_REFRESHED = ["name", "email", "phone", "locale", "email_problem", "phone_problem", "opt_out", "updated_at"]
+_REFRESHED = [
+    "name",
+    "email",
+    "phone",
+    "locale",
+    "email_problem",
+    "phone_problem",
+    "opt_out",
+    "time_zone",
+    "updated_at",
+]
 
 
 def upsert_people(conn: Connection, people: Sequence[RecipientIn]) -> tuple[dict[str, str], ContactProblems]:
@@ -116,6 +127,7 @@ def load(conn: Connection, refs: Iterable[str]) -> dict[str, Recipient]:
             email=row.email,
             phone=row.phone,
             locale=row.locale,
+            time_zone=row.time_zone,
         )
         for row in rows
     }
@@ -174,7 +186,7 @@ class ImportResult:
 
 
 def import_csv(conn: Connection, path: Path, chunk: int = 1_000) -> ImportResult:
-    """Load recipients from a CSV with a header row (user_id,name,email,phone,locale[,opt_out]).
+    """Load recipients from a CSV with a header row (user_id,name,email,phone,locale[,opt_out,time_zone]).
 
     ``opt_out`` lists channels separated by spaces or semicolons, e.g. ``sms;phone``.
 
@@ -199,6 +211,7 @@ def import_csv(conn: Connection, path: Path, chunk: int = 1_000) -> ImportResult
                     phone=values["phone"] or None,
                     locale=values["locale"] or "en",
                     opt_out=[part for part in values["opt_out"].replace(";", " ").replace(",", " ").split() if part],
+                    time_zone=values["time_zone"] or None,
                 )
             except ValueError as exc:
                 messages.append(f"line {line}: skipped: {str(exc).splitlines()[0]}")

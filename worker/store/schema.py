@@ -75,6 +75,7 @@ recipients = Table(
     Column("email_problem", String(300), nullable=True),  # why a given address was unusable (masked)
     Column("phone_problem", String(300), nullable=True),
     Column("opt_out", String(200), nullable=True),  # channels the person opted out of, comma-separated
+    Column("time_zone", String(64), nullable=True),  # IANA zone times are shown in; null = the locale's
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
@@ -192,4 +193,27 @@ timers = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("due_at", DateTime(timezone=True), nullable=False),
+)
+
+# The durable schedule: one row per job an event needs done at a time of its own (a policy
+# change's website notice, its individual notices, a reminder, a withdrawal). Week-long
+# waits live here, not in the broker.
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("event_id", String(128), nullable=False),
+    Column("job", String(32), nullable=False),  # publish_notice | send_notices | reminder | withdraw
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("state", String(16), nullable=False),  # pending | claimed | enqueued | done | cancelled
+    Column("claimed_by", String(64), nullable=True),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("enqueued_at", DateTime(timezone=True), nullable=True),
+    Column("enqueues", Integer, nullable=False, default=0),  # how often it was handed to the broker
+    Column("done_at", DateTime(timezone=True), nullable=True),
+    Column("note", Text, nullable=True),  # why it was cancelled, by whom
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("event_id", "job", name="uq_schedules_event_job"),
+    Index("ix_schedules_state_due", "state", "due_at"),
 )
