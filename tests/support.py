@@ -240,3 +240,35 @@ class Rig:
         settings = self.build(**{**self.defaults, **overrides})
         self.server = ServerThread(create_app(settings), port=int(self.public_url.rsplit(":", 1)[1])).start()
         return settings
+
+
+def policy_change(
+    *, ahead: timedelta, substantial: bool = True, version: str = "2027-01", **data: Any
+) -> dict[str, Any]:
+    """A policy change taking effect ``ahead`` of now, to a few people inline."""
+    now = datetime.now(UTC)
+    body: dict[str, Any] = {
+        "document": "privacy_policy",
+        "version": version,
+        "title": "Clearer rules on how long we keep your data",
+        "summary_of_changes": "Support tickets are kept for 2 years instead of 5.",
+        "url": "https://www.example.com/legal/privacy",
+        "substantial": substantial,
+        "effective_at": (now + ahead).isoformat(),
+        "audience": {"recipients": people(4)},
+    }
+    body.update(data)
+    return {
+        "event_id": f"pc-{uuid.uuid4().hex[:10]}",
+        "type": "policy_change",
+        "occurred_at": now.isoformat(),
+        "source": "legal",
+        "data": body,
+    }
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)

@@ -17,7 +17,7 @@ of names (``CHANNEL_TEMPLATES``). Three things matter here:
 SMS and phone are text only. An SMS is cut to ``sms_max_segments`` with ``worker.sms.fit``
 (a link to the full notice replaces what is cut), and ``check()`` refuses an SMS template
 whose sample rendering is already longer than that. Only the event types in
-``CHANNEL_EVENT_TYPES`` have SMS and phone templates. Besides ``datetime`` and ``date``,
+``CHANNEL_EVENT_TYPES`` have phone templates. Besides ``datetime`` and ``date``,
 templates get the filters ``squash`` (one line), ``clip(n)`` (cut between whole characters),
 ``sentence`` (end with a full stop) and ``spoken_datetime(locale)`` (a time read aloud).
 """
@@ -79,7 +79,7 @@ CHANNEL_TEMPLATES: dict[str, ChannelTemplates] = {
 #: ``check()`` skips every other (event type, channel) pair, and ``render()`` refuses it
 #: with a ``ConfigurationError``. A channel missing here covers every event type.
 CHANNEL_EVENT_TYPES: dict[str, frozenset[str]] = {
-    "sms": frozenset({"security_incident", "account_notice", "service_notice"}),
+    # A policy change is read, not heard: it has SMS templates but no call script.
     "phone": frozenset({"security_incident", "account_notice", "service_notice"}),
 }
 

@@ -58,10 +58,11 @@ VARIANTS = [
 ]
 
 
-def test_sms_and_phone_cover_the_three_urgent_event_types() -> None:
+def test_calls_cover_the_three_urgent_event_types_and_sms_every_type() -> None:
     assert CHANNEL_TEMPLATES["sms"].text == "sms.txt" and CHANNEL_TEMPLATES["sms"].subject is None
     assert CHANNEL_TEMPLATES["phone"].text == "phone.txt" and CHANNEL_TEMPLATES["phone"].html is None
-    assert CHANNEL_EVENT_TYPES["sms"] == CHANNEL_EVENT_TYPES["phone"] == frozenset(SMS_TYPES)
+    assert CHANNEL_EVENT_TYPES["phone"] == frozenset(SMS_TYPES)
+    assert "sms" not in CHANNEL_EVENT_TYPES  # policy changes have SMS templates too
 
 
 # --- SMS ------------------------------------------------------------------------------------
@@ -215,10 +216,18 @@ def test_each_locale_has_a_voice(locale: str, voice: tuple[str, str]) -> None:
 # --- which event types, and the start-up check -------------------------------------------------
 
 
-@pytest.mark.parametrize("channel", ["sms", "phone"])
-def test_a_policy_change_has_no_sms_or_phone_template(renderer: Renderer, channel: str) -> None:
-    with pytest.raises(ConfigurationError, match=f"no {channel} template for policy_change"):
-        renderer.render(sample_event("policy_change"), channel, "en")
+def test_a_policy_change_has_no_call_script(renderer: Renderer) -> None:
+    with pytest.raises(ConfigurationError, match="no phone template for policy_change"):
+        renderer.render(sample_event("policy_change"), "phone", "en")
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_a_policy_change_sms_names_the_document_the_date_and_the_link(renderer: Renderer, locale: str) -> None:
+    event = sample_event("policy_change")
+    text = renderer.render(event, "sms", locale, "Asia/Shanghai").text
+    assert ("Privacy Policy" if locale == "en" else "《隐私政策》") in text
+    assert "Asia/Shanghai" in text and event.data.url in text  # type: ignore[union-attr]
+    assert segments(text).segments <= 3
 
 
 def test_the_shipped_templates_pass_the_check_on_every_channel(renderer: Renderer) -> None:

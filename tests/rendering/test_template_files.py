@@ -79,8 +79,7 @@ def test_template_files_names_what_one_pair_needs_in_one_exact_locale(
 @pytest.mark.parametrize(
     ("event_type", "channel", "error"),
     [
-        ("policy_change", "sms", "no sms template for policy_change; sms covers"),
-        ("policy_change", "phone", "no phone template for policy_change"),
+        ("policy_change", "phone", "no phone template for policy_change; phone covers"),
         ("account_notice", "fax", "no templates for channel 'fax'"),
         ("birthday", "email", "unknown event type 'birthday'"),
     ],
@@ -134,5 +133,5 @@ def test_check_pairs_applies_the_sms_segment_limit() -> None:
 
 
 def test_check_pairs_refuses_a_pair_the_channel_has_no_templates_for() -> None:
-    with pytest.raises(ConfigurationError, match="no sms template for policy_change"):
-        Renderer(DEFAULT_TEMPLATES_DIR).check_pairs([("policy_change", "sms")], LOCALES)
+    with pytest.raises(ConfigurationError, match="no phone template for policy_change"):
+        Renderer(DEFAULT_TEMPLATES_DIR).check_pairs([("policy_change", "phone")], LOCALES)

@@ -712,14 +712,14 @@ def test_a_route_with_no_enabled_channel_stops_start_up(in_tmp: Path, templates:
 
 
 def test_a_channel_without_templates_for_the_event_type_is_refused(in_tmp: Path, templates: Path) -> None:
-    text = variant(("[email, insite], wait: 24h}", "[email, insite, sms], wait: 24h}  # <-"))
+    text = variant(("[email, insite], wait: 24h}", "[email, insite, phone], wait: 24h}  # <-"))
     policy = load_policy(write(in_tmp, text))
 
     with pytest.raises(ConfigurationError) as info:
         policy.check(Renderer(templates), enabled=ALL)
 
     assert str(info.value).startswith(
-        f"routing.yaml line {marked_line(text)}: route policy: no sms template for policy_change"
+        f"routing.yaml line {marked_line(text)}: route policy: no phone template for policy_change"
     )
 
 
