@@ -32,6 +32,7 @@ from worker.events import (
     body_digest,
     event_json_schema,
     parse_event,
+    validate_event,
 )
 
 MAX_BYTES = 1_000_000
@@ -688,3 +689,50 @@ def test_check_phone_rejects_unusable_numbers_without_repeating_them(raw: str) -
     digits = "".join(ch for ch in raw if ch.isdigit())
     if len(digits) > 2:
         assert digits not in checked.problem.replace(" ", "")
+
+
+# --------------------------------------------------------------------------- lead-time rules
+
+
+def test_the_substantial_lead_can_only_be_made_longer() -> None:
+    from pydantic import ValidationError
+
+    from worker.config import Settings
+    from worker.events import NoticeRules
+
+    with pytest.raises(ValidationError, match="greater than or equal to 168"):
+        Settings(policy_notice_lead_h=100)
+    with pytest.raises(ValueError, match="cannot be shorter than 7 days"):
+        NoticeRules(substantial_lead=timedelta(days=6))
+    longer = Settings(policy_notice_lead_h=240).notice_rules
+    with pytest.raises(InvalidEvent, match=r"at least 10 days \(240 h\)"):
+        validate_event(policy_change(effective_at=(_now() + timedelta(days=9)).isoformat()), rules=longer)
+
+
+def test_a_non_substantial_change_has_its_own_shorter_lead_when_one_is_configured() -> None:
+    from worker.events import NoticeRules
+
+    rules = NoticeRules(minor_lead=timedelta(hours=24))
+    soon = policy_change(substantial=False, effective_at=(_now() + timedelta(hours=12)).isoformat())
+    with pytest.raises(InvalidEvent, match=r"a non-substantial policy change must be public at least 1 day \(24 h\)"):
+        validate_event(soon, rules=rules)
+    later = policy_change(substantial=False, effective_at=(_now() + timedelta(hours=25)).isoformat())
+    assert validate_event(later, rules=rules).data.substantial is False  # type: ignore[union-attr]
+
+
+def test_publish_at_moves_the_week_and_notices_cannot_come_after_the_change() -> None:
+    publish = _now() + timedelta(days=2)
+    late = policy_change(publish_at=publish.isoformat(), effective_at=(publish + timedelta(days=6)).isoformat())
+    assert "so the earliest allowed effective_at is" in refuse(late).reason
+    assert (
+        "notify_at must not be after effective_at"
+        in refuse(policy_change(notify_at=(_now() + timedelta(days=40)).isoformat())).reason
+    )
+    assert "producers send changes" in refuse(policy_change(notice="reminder")).reason
+
+
+def test_a_stored_change_is_re_typed_without_the_time_rule() -> None:
+    from worker.store.intake import validate_stored
+
+    stale = policy_change(effective_at=(_now() + timedelta(days=1)).isoformat())
+    assert validate_stored(stale).data.substantial is True  # type: ignore[union-attr]
