@@ -216,12 +216,16 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
             publish_actor.send(announcement_id)
 
     def run_schedule(job_id: int) -> None:
+        with read_only(runtime.engine) as conn:
+            found = schedules.get(conn, job_id)
+        if found is None:
+            log.error("no scheduled job %s", job_id)
+            return
+        event = runtime.event(found.event_id)  # parsed outside the write transaction
         with runtime.engine.begin() as conn:
             job = schedules.get(conn, job_id)
-            if job is None:
-                log.error("no scheduled job %s", job_id)
-                return
-            work = run_job(conn, job, runtime.event(job.event_id), utcnow())
+            assert job is not None
+            work = run_job(conn, job, event, utcnow())
         hand_on(work.dispatch)
         if work.fanout is not None:
             fanout_actor.send(*work.fanout)

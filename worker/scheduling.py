@@ -28,7 +28,7 @@ from worker.events import Event, PolicyChange, PolicyNotice, body_digest, topic_
 from worker.site import announcement_slug
 from worker.statuses import RouteMark
 from worker.store import announcements, schedules
-from worker.store.intake import accept_event, fanout_cursor
+from worker.store.intake import accept_event, fanout_cursor, load_event
 from worker.store.ledger import Note, note
 from worker.store.schedules import Job, JobState
 from worker.store.schema import events
@@ -105,38 +105,33 @@ def schedule_change(conn: Connection, event: PolicyChange, now: datetime) -> Sch
                 code="lead-time",
             )
         )
-    for earlier in _earlier_versions(conn, event):
-        why = f"replaced by version {data.version} ({event.event_id})"
-        cancelled = schedules.cancel(conn, earlier, why, now, jobs=_NOTICE_JOBS)
-        if not cancelled:
-            continue
-        result.replaced.append(earlier)
-        notes.append(Note(earlier, PUBLIC, "schedule", 0, RouteMark.CANCELLED, f"{_jobs_text(cancelled)} {why}"))
-        if _went_public(conn, earlier):
-            schedules.add(conn, earlier, [(Job.WITHDRAW, now)], now)
-            result.withdrawn.append(earlier)
     note(conn, notes)
+    for earlier in _earlier_versions(conn, event, now):
+        _call_off(conn, earlier, f"replaced by version {data.version} ({event.event_id})", now, result)
     return result
 
 
 def cancel_change(conn: Connection, event_id: str, *, operator: str, reason: str, now: datetime) -> Scheduled:
     """Cancel a policy change's jobs still to run; if its notice is public, withdraw it publicly."""
-    why = f"cancelled by {operator}: {reason}"
     result = Scheduled()
+    _call_off(conn, event_id, f"cancelled by {operator}: {reason}", now, result)
+    return result
+
+
+def _call_off(conn: Connection, event_id: str, why: str, now: datetime, result: Scheduled) -> None:
+    """Cancel a change's notice jobs, and withdraw it publicly if its notice is out already."""
     cancelled = schedules.cancel(conn, event_id, why, now, jobs=_NOTICE_JOBS)
-    withdraw = _went_public(conn, event_id) and not any(
-        j.job is Job.WITHDRAW for j in schedules.of_event(conn, event_id)
-    )
+    jobs = schedules.of_event(conn, event_id)
+    public = any(j.job is Job.PUBLISH_NOTICE and j.state is JobState.DONE for j in jobs)
+    withdraw = public and not any(j.job is Job.WITHDRAW for j in jobs)
     if not cancelled and not withdraw:
-        return result
+        return
     result.replaced.append(event_id)
     what = f"{_jobs_text(cancelled)} " if cancelled else ""
-    notes = [Note(event_id, PUBLIC, "schedule", 0, RouteMark.CANCELLED, f"{what}{why}")]
+    note(conn, [Note(event_id, PUBLIC, "schedule", 0, RouteMark.CANCELLED, f"{what}{why}")])
     if withdraw:
         schedules.add(conn, event_id, [(Job.WITHDRAW, now)], now)
         result.withdrawn.append(event_id)
-    note(conn, notes)
-    return result
 
 
 def cancel_reminder(conn: Connection, event_id: str, *, operator: str, reason: str, now: datetime) -> bool:
@@ -221,8 +216,9 @@ def _announcement(conn: Connection, event: PolicyChange, now: datetime) -> str:
     return announcements.ensure(conn, topic_of(event), event.type, event.event_id, now, announcement_slug).id
 
 
-def _earlier_versions(conn: Connection, event: PolicyChange) -> list[str]:
-    """Other changes of the same document whose jobs are still to run."""
+def _earlier_versions(conn: Connection, event: PolicyChange, now: datetime) -> list[str]:
+    """Other versions of the same document that are not in force yet and not withdrawn:
+    the new version replaces them."""
     key = event.data.document_key.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     rows = conn.execute(
         select(events.c.event_id).where(
@@ -231,16 +227,20 @@ def _earlier_versions(conn: Connection, event: PolicyChange) -> list[str]:
             events.c.event_id != event.event_id,
         )
     )
-    return schedules.events_with_open_jobs(conn, [event_id for (event_id,) in rows], jobs=_NOTICE_JOBS)
+    earlier: list[str] = []
+    for (event_id,) in rows:
+        jobs = schedules.of_event(conn, event_id)
+        if not jobs or any(j.job is Job.WITHDRAW for j in jobs):
+            continue  # herald's own reminders and withdrawals have no jobs; withdrawn ones are done with
+        other = load_event(conn, event_id)
+        if isinstance(other, PolicyChange) and other.data.effective_at > now:
+            earlier.append(event_id)
+    return earlier
 
 
 def notices_started(conn: Connection, event_id: str) -> bool:
     """Whether a policy change's individual notices have been handed to the fan-out."""
     return any(j.job is Job.SEND_NOTICES and j.state is JobState.DONE for j in schedules.of_event(conn, event_id))
-
-
-def _went_public(conn: Connection, event_id: str) -> bool:
-    return any(j.job is Job.PUBLISH_NOTICE and j.state is JobState.DONE for j in schedules.of_event(conn, event_id))
 
 
 def _jobs_text(jobs: list[Job]) -> str:

@@ -308,3 +308,23 @@ def test_the_reminder_goes_out_at_its_time_to_the_same_people_and_joins_the_time
     reminders = [m for m in smtp_sink.messages if m.subject.startswith(("Reminder:", "【提醒】"))]
     assert sorted(a for m in reminders for a in m.rcpt_tos) == sorted(p["email"] for p in people(4))
     assert "Reminder: the new version (2027-01) of our Privacy Policy takes effect" in page
+
+
+def test_a_new_version_withdraws_an_earlier_one_that_was_announced_but_is_not_in_force_yet(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(announcements_dir=tmp_path / "site")
+    first = policy_change(ahead=timedelta(days=9), version="2027-01")
+    second = policy_change(ahead=timedelta(days=8), version="2027-02")
+    with Pipeline(settings) as pipeline:
+        scheduler = Scheduler(settings, pipeline.engine, pipeline.broker)
+        pipeline.publish(first)
+        wait_for(lambda: accepted(pipeline, first["event_id"]))
+        scheduler.tick(now=datetime.now(UTC))
+        pipeline.wait_terminal([first["event_id"]], timeout=60)
+        wait_for(lambda: all(j.state is JobState.DONE for j in jobs_of(pipeline, first["event_id"]).values()))
+        pipeline.publish(second)
+        wait_for(lambda: accepted(pipeline, second["event_id"]))
+        old = jobs_of(pipeline, first["event_id"])
+    assert old[Job.WITHDRAW].state is JobState.PENDING  # everyone was told of 2027-01: withdraw it publicly
+    assert {old[j].state for j in (Job.PUBLISH_NOTICE, Job.SEND_NOTICES)} == {JobState.DONE}
