@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -32,8 +31,6 @@ from worker.store.intake import accept_event, fanout_cursor, load_event
 from worker.store.ledger import Note, note
 from worker.store.schedules import Job, JobState
 from worker.store.schema import events
-
-log = logging.getLogger("herald.scheduling")
 
 #: The ledger's recipient for rows about the public rather than a person.
 PUBLIC = "public"

@@ -183,14 +183,3 @@ def overdue(conn: Connection, before: datetime) -> int:
     """How many jobs were due before ``before`` and nobody has claimed (no scheduler runs?)."""
     stmt = select(func.count()).where(schedules.c.state == JobState.PENDING.value, schedules.c.due_at < before)
     return int(conn.execute(stmt).scalar_one())
-
-
-def events_with_open_jobs(conn: Connection, event_ids: Sequence[str], jobs: Sequence[Job] | None = None) -> list[str]:
-    """Of these events, those with a job still to run (of ``jobs``, or any)."""
-    if not event_ids:
-        return []
-    condition = and_(schedules.c.event_id.in_(list(event_ids)), schedules.c.state.in_(_OPEN))
-    if jobs is not None:
-        condition = and_(condition, schedules.c.job.in_([j.value for j in jobs]))
-    rows = conn.execute(select(schedules.c.event_id).where(condition).group_by(schedules.c.event_id))
-    return [event_id for (event_id,) in rows]
