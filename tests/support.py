@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -272,3 +273,30 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+#: The `herald` command of this virtual environment.
+HERALD = str(Path(sys.executable).with_name("herald"))
+
+
+def run(
+    args: list[str], env: dict[str, str], stdin: bytes | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [HERALD, *args],
+        env={**os.environ, **env},
+        input=stdin.decode() if stdin else None,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    return {
+        "HERALD_BROKER_URL": settings.broker_url,
+        "HERALD_BROKER_NAMESPACE": settings.broker_namespace,
+        "HERALD_DATABASE_URL": settings.database_url,
+        "HERALD_DATA_DIR": str(settings.data_dir),
+    }

@@ -137,13 +137,14 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
         if dispatch:
             enqueue(broker, dispatch)
 
-    def ingest(payload: str | dict[str, Any]) -> None:
+    def ingest(payload: str | dict[str, Any], unreadable: str | None = None) -> None:
         result = ingest_payload(
             runtime.engine,
             payload,
             max_bytes=settings.max_event_bytes,
             planner=planner,
             rules=settings.notice_rules,
+            unreadable=unreadable,
         )
         if result.outcome is IntakeOutcome.REJECTED:
             return

@@ -17,9 +17,9 @@ from dramatiq.middleware import CurrentMessage, default_middleware
 
 from worker.config import Settings
 from worker.errors import BrokerUnavailable
+from worker.queue_encoding import INGEST_ACTOR, INGEST_QUEUE, ForgivingJSONEncoder
 
-INGEST_QUEUE = "herald.ingest"
-INGEST_ACTOR = "ingest"
+__all__ = ["INGEST_ACTOR", "INGEST_QUEUE"]
 FANOUT_QUEUE = "herald.fanout"
 CONTROL_QUEUE = "herald.control"
 
@@ -45,11 +45,14 @@ def broker_url(settings: Settings) -> str:
 
 
 def build_broker(settings: Settings) -> RedisBroker:
-    """A Redis broker with dramatiq's default middleware plus CurrentMessage.
+    """A Redis broker with dramatiq's default middleware plus CurrentMessage, reading messages
+    with herald's forgiving encoder (``worker.queue_encoding``).
 
     Raises:
         BrokerUnavailable: the embedded Redis could not be started.
     """
+    if not isinstance(dramatiq.get_encoder(), ForgivingJSONEncoder):
+        dramatiq.set_encoder(ForgivingJSONEncoder())
     middleware = [m() for m in default_middleware] + [CurrentMessage()]
     return RedisBroker(  # type: ignore[no-untyped-call]
         url=broker_url(settings),

@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from worker.config import Settings, get_settings
@@ -152,7 +153,7 @@ def events_rejected(
     limit: Annotated[int, typer.Option(min=1, help="How many, newest first.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List rejected events with the reason each was refused."""
+    """List refused payloads (rejected, or a conflicting repeat of an id) with the reason for each."""
     from worker.store.intake import list_rejections
 
     settings = _settings()
@@ -164,10 +165,13 @@ def events_rejected(
                 [
                     {
                         "id": r.id,
+                        "outcome": r.outcome,
                         "event_id": r.event_id,
                         "type": r.event_type,
                         "reason": r.reason,
                         "size_bytes": r.size_bytes,
+                        "payload_sha256": r.payload_sha256,
+                        "excerpt": r.excerpt,
                         "received_at": r.received_at.isoformat(),
                     }
                     for r in rejections
@@ -181,15 +185,16 @@ def events_rejected(
         out.print("no rejected events")
         return
     table = Table(title="Rejected events (newest first)")
-    for column in ("received (UTC)", "event_id", "type", "size", "reason"):
+    for column in ("received (UTC)", "outcome", "event_id", "type", "size", "reason"):
         table.add_column(column, overflow="fold")
     for r in rejections:
         table.add_row(
             r.received_at.strftime("%Y-%m-%d %H:%M:%S"),
-            r.event_id or "-",
-            r.event_type or "-",
+            r.outcome,
+            escape(r.event_id or "-"),
+            escape(r.event_type or "-"),
             f"{r.size_bytes:,} B",
-            r.reason,
+            escape(r.reason),
         )
     out.print(table)
 

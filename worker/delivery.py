@@ -53,7 +53,7 @@ def deliver_batch(
         claim = ledger.claim(conn, event_id, channel, refs, claimant=claimant, lease=lease, step=step)
         if not claim.attempts:
             return BatchOutcome(0, 0, 0, len(claim.busy), len(refs) - len(claim.busy))
-        people = recipients.load(conn, claim.attempts)
+        people = recipients.load(conn, claim.attempts, event_id=event_id)
     event = rt.event(event_id)
 
     messages: list[OutboundMessage] = []

@@ -34,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from worker import limits
 from worker.clock import utcnow
 from worker.errors import InvalidEvent, PayloadTooLarge
 
@@ -43,13 +44,12 @@ INCIDENT_PARTS = ("situation", "impact", "measures", "advice", "remedies")
 #: The least lead time the privacy policy promises for a substantial policy change.
 SUBSTANTIAL_CHANGE_LEAD = timedelta(days=7)
 
-_LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
 
 
 def _no_controls(value: str) -> str:
     """Drop control characters other than newline and tab; they have no business in text."""
-    return _CONTROL.sub("", value)
+    return limits.CONTROL_CHARACTERS.sub("", value)
 
 
 def _non_blank(value: str) -> str:
@@ -59,25 +59,60 @@ def _non_blank(value: str) -> str:
 
 
 def _one_line(value: str) -> str:
-    """Collapse any CR/LF or run of whitespace into a single space."""
-    return " ".join(value.split())
+    """Collapse any CR/LF or run of whitespace into a single space, and drop control characters."""
+    return limits.CONTROL_CHARACTERS.sub("", " ".join(value.split()))
+
+
+def _in_time_range(value: datetime) -> datetime:
+    if not limits.in_time_range(value):
+        raise ValueError(
+            f"must lie between {limits.EARLIEST.isoformat()} and {limits.LATEST.isoformat()} (exclusive); "
+            f"herald does not accept dates outside that range"
+        )
+    return value
+
+
+def _no_control_characters(value: str) -> str:
+    if limits.CONTROL_CHARACTERS.search(value):
+        raise ValueError("must not contain control characters")
+    return value
 
 
 Text = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=20_000),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=limits.TEXT_CHARS),
     AfterValidator(_no_controls),
     AfterValidator(_non_blank),
 ]
 Line = Annotated[
-    str, StringConstraints(min_length=1, max_length=300), AfterValidator(_one_line), AfterValidator(_non_blank)
+    str,
+    StringConstraints(min_length=1, max_length=limits.LINE_CHARS),
+    AfterValidator(_one_line),
+    AfterValidator(_non_blank),
 ]
-_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
+#: A policy document's name and version: one line each, short enough to make a topic.
+DocumentName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=limits.DOCUMENT_CHARS),
+    AfterValidator(_one_line),
+    AfterValidator(_non_blank),
+]
+Version = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=limits.VERSION_CHARS),
+    AfterValidator(_one_line),
+    AfterValidator(_non_blank),
+]
+#: Every time in an event: with a zone, and inside herald's date range (``worker.limits``).
+Moment = Annotated[AwareDatetime, AfterValidator(_in_time_range)]
+_IDENTIFIER = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:@/-]{{0,{limits.IDENTIFIER_CHARS - 1}}}")
 
 
 def _identifier(value: str) -> str:
-    if not _IDENTIFIER.match(value):
-        raise ValueError("must be 1-128 letters, digits or . _ : @ / - and start with a letter or digit")
+    if not _IDENTIFIER.fullmatch(value):
+        raise ValueError(
+            f"must be 1-{limits.IDENTIFIER_CHARS} letters, digits or . _ : @ / - and start with a letter or digit"
+        )
     return value
 
 
@@ -85,7 +120,7 @@ Identifier = Annotated[str, StringConstraints(strip_whitespace=True), AfterValid
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=20_000)
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=limits.TEXT_CHARS)
 
 
 class Severity(str, Enum):
@@ -108,7 +143,10 @@ class IncidentStatus(str, Enum):
 
 #: A channel name in a recipient's opt-out list: lower-case letters, as the registry spells them.
 ChannelName = Annotated[
-    str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    str,
+    StringConstraints(
+        strip_whitespace=True, to_lower=True, pattern=rf"^[a-z][a-z0-9_-]{{0,{limits.CHANNEL_NAME_CHARS - 1}}}$"
+    ),
 ]
 
 
@@ -121,12 +159,12 @@ class RecipientIn(_Model):
     """
 
     user_id: Identifier
-    name: Annotated[str, AfterValidator(_one_line), StringConstraints(max_length=200)] = ""
-    email: Annotated[str, StringConstraints(strip_whitespace=True, max_length=320)] | None = None
-    phone: Annotated[str, StringConstraints(strip_whitespace=True, max_length=32)] | None = None
-    locale: str = "en"
-    opt_out: Annotated[list[ChannelName], Field(max_length=8)] = Field(default_factory=list)
-    time_zone: Annotated[str, StringConstraints(strip_whitespace=True, max_length=64)] | None = None
+    name: Annotated[str, AfterValidator(_one_line), StringConstraints(max_length=limits.NAME_CHARS)] = ""
+    email: Annotated[str, StringConstraints(strip_whitespace=True, max_length=limits.EMAIL_CHARS)] | None = None
+    phone: Annotated[str, StringConstraints(strip_whitespace=True, max_length=limits.PHONE_CHARS)] | None = None
+    locale: Annotated[str, StringConstraints(max_length=200)] = "en"
+    opt_out: Annotated[list[ChannelName], Field(max_length=limits.OPT_OUT_CHANNELS)] = Field(default_factory=list)
+    time_zone: Annotated[str, StringConstraints(strip_whitespace=True, max_length=limits.TIME_ZONE_CHARS)] | None = None
 
     @field_validator("time_zone")
     @classmethod
@@ -136,7 +174,7 @@ class RecipientIn(_Model):
             return None
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder such as "America"
             return None
         return value
 
@@ -144,17 +182,17 @@ class RecipientIn(_Model):
     @classmethod
     def _locale_or_default(cls, value: str) -> str:
         # An unreadable locale falls back to English rather than losing the recipient.
-        if not _LOCALE.match(value or ""):
+        if not _LOCALE.fullmatch(value or ""):
             return "en"
         value = value.replace("_", "-")
-        # A long but well-formed tag keeps its language; the column holds 35 characters.
-        return value if len(value) <= 35 else value.split("-")[0]
+        # A long but well-formed tag keeps its language, so that it fits its column.
+        return value if len(value) <= limits.LOCALE_CHARS else value.split("-")[0]
 
 
 class InlineAudience(_Model):
     """Recipients listed in the event itself."""
 
-    recipients: list[RecipientIn] = Field(min_length=1)
+    recipients: list[RecipientIn] = Field(min_length=1, max_length=limits.INLINE_RECIPIENTS_MAX)
 
 
 class UserIdsAudience(_Model):
@@ -203,7 +241,7 @@ class SecurityIncidentData(_Model):
     severity: Severity
     status: IncidentStatus = IncidentStatus.INVESTIGATING
     title: Line
-    detected_at: AwareDatetime
+    detected_at: Moment
     situation: Text
     impact: Text
     measures: Text
@@ -238,7 +276,7 @@ class AccountNoticeData(_Model):
     user_id: Identifier
     action: AccountAction
     reason: Text
-    effective_at: AwareDatetime
+    effective_at: Moment
     recipient: RecipientIn | None = None
 
     @model_validator(mode="after")
@@ -271,9 +309,9 @@ class ServiceNoticeData(_Model):
     kind: ServiceNoticeKind
     severity: Severity | None = None
     title: Line
-    starts_at: AwareDatetime
-    ends_at: AwareDatetime
-    services: list[Line] = Field(min_length=1)
+    starts_at: Moment
+    ends_at: Moment
+    services: list[Line] = Field(min_length=1, max_length=limits.SERVICES_MAX)
     description: Text | None = None
     audience: Audience
 
@@ -319,17 +357,21 @@ class PolicyChangeData(_Model):
     ``check_notice_time``, against the configured leads and the current time.
     """
 
-    document: Line
-    version: Line
+    document: DocumentName
+    version: Version
     title: Line
     summary_of_changes: Text = Field(validation_alias=AliasChoices("summary_of_changes", "summary"))
-    url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=2_000)]
+    url: Annotated[
+        str,
+        StringConstraints(pattern=r"^https?://\S+$", max_length=limits.URL_CHARS),
+        AfterValidator(_no_control_characters),
+    ]
     substantial: bool
-    effective_at: AwareDatetime
+    effective_at: Moment
     audience: Audience = Field(default_factory=lambda: AllAudience(all=True))
-    publish_at: AwareDatetime | None = None
-    notify_at: AwareDatetime | None = None
-    remind_at: AwareDatetime | None = None
+    publish_at: Moment | None = None
+    notify_at: Moment | None = None
+    remind_at: Moment | None = None
     override: PolicyOverride | None = None
     notice: PolicyNotice = PolicyNotice.CHANGE
 
@@ -347,12 +389,13 @@ class PolicyChangeData(_Model):
     @property
     def document_key(self) -> str:
         """The document as a key: ``Privacy Policy`` and ``privacy_policy`` are one document."""
-        return re.sub(r"[^a-z0-9]+", "_", self.document.lower()).strip("_") or "document"
+        key = re.sub(r"[^a-z0-9]+", "_", self.document.lower()).strip("_") or "document"
+        return key[: limits.DOCUMENT_CHARS]  # lower() can lengthen a few letters (İ → i̇)
 
 
 class _Envelope(_Model):
     event_id: Identifier
-    occurred_at: AwareDatetime
+    occurred_at: Moment
     source: Line
 
 
@@ -490,6 +533,32 @@ def topic_of(event: Event) -> str:
     return f"event:{event.event_id}"
 
 
+def inline_people(event: Event) -> list[RecipientIn]:
+    """The people an event lists inline, with the contacts it gives them (empty otherwise)."""
+    if isinstance(event, AccountNotice):
+        return [event.data.recipient] if event.data.recipient is not None else []
+    audience = event.data.audience
+    return list(audience.recipients) if isinstance(audience, InlineAudience) else []
+
+
+def without_contacts(event: Event, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` as herald keeps it: each person listed inline reduced to their ``user_id``.
+
+    The contacts themselves go to ``event_contacts``, where retention can clear them; the
+    body stays a valid event of the same meaning for routing, rendering and reports.
+    """
+    if not inline_people(event):
+        return body
+    data = dict(body["data"])
+    if isinstance(event, AccountNotice):
+        data["recipient"] = {"user_id": event.data.user_id}
+    else:
+        audience = event.data.audience
+        assert isinstance(audience, InlineAudience)
+        data["audience"] = {"recipients": [{"user_id": person.user_id} for person in audience.recipients]}
+    return {**body, "data": data}
+
+
 def event_json_schema() -> dict[str, Any]:
     """The JSON Schema of every event herald accepts, for producers in any language."""
     schema = _EVENT_ADAPTER.json_schema()
@@ -503,29 +572,118 @@ def body_digest(obj: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+_JSON_STRING = re.compile(r'"(?:[^"\\]+|\\.)*"', re.DOTALL)
+_JSON_BRACKETS = re.compile(r"[\[\]{}]")
+#: A JSON escape that may spell half a surrogate pair (``\ud83d``).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def json_depth_exceeds(text: str, limit: int) -> bool:
+    """Whether JSON text nests arrays and objects deeper than ``limit``, found without parsing it.
+
+    Brackets inside strings are not counted; malformed text is measured as far as it goes
+    (the parser refuses it afterwards), so a payload can never drive the parser into
+    recursion, whatever it holds.
+    """
+    depth = 0
+    for match in _JSON_BRACKETS.finditer(_JSON_STRING.sub("", text)):
+        if match.group() in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Parsers disagree on which copy of a repeated key wins; herald refuses to guess.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+        raise ValueError(f"the key {json.dumps(repeated)[:60]} appears twice in one object")
+    return obj
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _find_lone_surrogate(obj: Any) -> str | None:
+    """A string of ``obj`` (a key or a value) that holds half a surrogate pair, if any."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if limits.LONE_SURROGATE.search(item):
+                return item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def _surrogate_reason(text: str) -> str:
+    match = limits.LONE_SURROGATE.search(text)
+    assert match is not None
+    return (
+        f"payload holds an unpaired UTF-16 surrogate (U+{ord(match.group()):04X} at character {match.start()}); "
+        "JSON text must be Unicode characters"
+    )
+
+
 def decode_payload(payload: bytes | str | dict[str, Any], *, max_bytes: int) -> dict[str, Any]:
-    """Decode a raw payload into a JSON object, enforcing the size limit.
+    """Decode a raw payload into a JSON object; size and depth are checked before parsing.
+
+    Refused, each with a one-line reason: more than ``max_bytes``; bytes that are not UTF-8;
+    half a surrogate pair (raw or escaped); nesting deeper than ``limits.MAX_JSON_DEPTH``;
+    text that is not JSON; a repeated key; ``NaN``/``Infinity``; a number too long to read;
+    anything but an object.
 
     Raises:
         PayloadTooLarge: the payload exceeds ``max_bytes``.
-        InvalidEvent: it is not a JSON object.
+        InvalidEvent: for every other reason above.
     """
     if isinstance(payload, dict):
-        size = len(json.dumps(payload, ensure_ascii=False).encode())
-        obj: Any = payload
-    else:
-        raw = payload.encode() if isinstance(payload, str) else payload
-        size = len(raw)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"payload is {size:,} bytes; the limit is {max_bytes:,} bytes")
-        try:
-            obj = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        try:  # a producer that put an object rather than a JSON string on the queue
+            text = json.dumps(payload, ensure_ascii=False, allow_nan=False)
+        except RecursionError:
+            raise InvalidEvent(f"payload nests deeper than {limits.MAX_JSON_DEPTH} levels") from None
+        except ValueError as exc:
             raise InvalidEvent(f"payload is not valid JSON: {exc}") from None
+    elif isinstance(payload, bytes):
+        if len(payload) > max_bytes:
+            raise PayloadTooLarge(f"payload is {len(payload):,} bytes; the limit is {max_bytes:,} bytes")
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidEvent(
+                f"payload is not valid JSON: not UTF-8 (byte 0x{payload[exc.start]:02x} at position {exc.start})"
+            ) from None
+    else:
+        text = payload
+    if limits.LONE_SURROGATE.search(text):
+        raise InvalidEvent(_surrogate_reason(text))
+    size = len(text.encode("utf-8"))
     if size > max_bytes:
         raise PayloadTooLarge(f"payload is {size:,} bytes; the limit is {max_bytes:,} bytes")
+    if json_depth_exceeds(text, limits.MAX_JSON_DEPTH):
+        raise InvalidEvent(f"payload nests deeper than {limits.MAX_JSON_DEPTH} levels")
+    try:
+        obj = json.loads(text, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidEvent(f"payload is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # a repeated key, NaN, a number of thousands of digits
+        raise InvalidEvent(f"payload is not valid JSON: {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(obj, dict):
         raise InvalidEvent(f"payload must be a JSON object, not {type(obj).__name__}")
+    if _SURROGATE_ESCAPE.search(text):
+        found = _find_lone_surrogate(obj)
+        if found is not None:
+            raise InvalidEvent(_surrogate_reason(found))
     return obj
 
 
@@ -557,10 +715,23 @@ def parse_event(
 ) -> Event:
     """Decode and validate one event payload (see ``validate_event`` for ``rules``).
 
+    Whatever judging the payload raises, the caller gets ``InvalidEvent`` with one line: a
+    payload can make herald refuse it, never crash.
+
     Raises:
         InvalidEvent: the payload is too large, not JSON, or not a valid event.
     """
-    return validate_event(decode_payload(payload, max_bytes=max_bytes), rules=rules)
+    try:
+        return validate_event(decode_payload(payload, max_bytes=max_bytes), rules=rules)
+    except InvalidEvent:
+        raise
+    except Exception as exc:  # a fault herald did not foresee: refuse the payload, say what happened
+        raise InvalidEvent(unjudgeable(exc)) from exc
+
+
+def unjudgeable(exc: BaseException) -> str:
+    """The one-line reason for a payload whose judging raised something unforeseen."""
+    return f"herald could not judge this payload: {type(exc).__name__}: {_clip(_one_line(str(exc)), 200)}"
 
 
 def summarise(exc: ValidationError, limit: int = 4, max_chars: int = 400) -> str:

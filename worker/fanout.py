@@ -40,7 +40,8 @@ def _page_refs(conn: Connection, event: Event, cursor: str, page_size: int) -> t
     start = int(cursor or 0)
     end = start + page_size
     if isinstance(audience, InlineAudience):
-        mapping, _problems = recipients.upsert_people(conn, audience.recipients[start:end])
+        # Their contacts were kept for this event at intake (event_contacts), not in their record.
+        mapping = recipients.ensure_users(conn, [person.user_id for person in audience.recipients[start:end]])
         total = len(audience.recipients)
     else:
         assert isinstance(audience, UserIdsAudience)

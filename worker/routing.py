@@ -251,7 +251,7 @@ class Router:
     ) -> tuple[list[Batch], list[str]]:
         """Open a stage's deliveries; returns its batches and the refs left with nothing to send."""
         plan, event_id = route.plan, route.event_id
-        reach = recipients.load_reach(conn, refs)
+        reach = recipients.load_reach(conn, refs, event_id=event_id)
         sending: set[str] = set()
         batches: list[Batch] = []
         overrides: list[Note] = []

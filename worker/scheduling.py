@@ -26,7 +26,7 @@ from worker.dispatch import Dispatch
 from worker.events import Event, PolicyChange, PolicyNotice, body_digest, topic_of
 from worker.site import announcement_slug
 from worker.statuses import RouteMark
-from worker.store import announcements, schedules
+from worker.store import announcements, event_contacts, schedules
 from worker.store.intake import accept_event, fanout_cursor, load_event
 from worker.store.ledger import Note, note
 from worker.store.schedules import Job, JobState
@@ -196,6 +196,7 @@ def derive(conn: Connection, parent: PolicyChange, notice: PolicyNotice, now: da
     existing = conn.execute(select(events.c.event_id).where(events.c.event_id == event_id)).first()
     if existing is None:
         accept_event(conn, child, body_digest(body), body, plan=plan)
+        event_contacts.copy_given(conn, parent.event_id, event_id)  # the same people, reached the same way
         announcements.bump(conn, topic_of(child), now)
     return event_id
 

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -14,35 +13,10 @@ from pathlib import Path
 
 import psutil
 import redis
-from support import Pipeline, incident, people
+from support import HERALD, Pipeline, env_for, incident, people, run
 
 from worker.config import Settings
 from worker.sandbox.smtp_sink import SmtpSink
-
-HERALD = str(Path(sys.executable).with_name("herald"))
-
-
-def run(
-    args: list[str], env: dict[str, str], stdin: bytes | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [HERALD, *args],
-        env={**os.environ, **env},
-        input=stdin.decode() if stdin else None,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-    )
-
-
-def env_for(settings: Settings) -> dict[str, str]:
-    return {
-        "HERALD_BROKER_URL": settings.broker_url,
-        "HERALD_BROKER_NAMESPACE": settings.broker_namespace,
-        "HERALD_DATABASE_URL": settings.database_url,
-        "HERALD_DATA_DIR": str(settings.data_dir),
-    }
 
 
 def test_send_refuses_an_incomplete_incident_with_exit_2_and_one_line(

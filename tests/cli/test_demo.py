@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import feedparser
-from test_cli import run
+from support import run
 
 
 def test_the_demo_reaches_most_people_hands_the_rest_down_the_chain_and_announces_once(

@@ -9,8 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import Pipeline, incident, people
-from test_cli import env_for, run
+from support import Pipeline, env_for, incident, people, run
 
 from worker.config import DEFAULT_ROUTING_FILE, DEFAULT_TEMPLATES_DIR, Settings
 from worker.sandbox.smtp_sink import SmtpSink

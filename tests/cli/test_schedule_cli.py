@@ -13,8 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from support import Pipeline, policy_change
-from test_cli import HERALD, env_for, run
+from support import HERALD, Pipeline, env_for, policy_change, run
 
 from worker.config import Settings
 from worker.sandbox.smtp_sink import SmtpSink

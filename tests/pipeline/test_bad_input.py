@@ -75,7 +75,7 @@ def test_bad_payloads_are_rejected_with_reasons_and_valid_ones_still_delivered(
     assert any("limit is 1,048,576 bytes" in r for r in reasons)
     assert any("different body" in r for r in reasons)
     assert all("\n" not in r for r in reasons)
-    assert first_intake == {"accepted": 1, "duplicate": 1, "rejected": 1}
+    assert first_intake == {"accepted": 1, "duplicate": 1, "conflict": 1}
 
     # The duplicate did not send anything twice.
     delivered_to = Counter(a for m in smtp_sink.messages for a in m.rcpt_tos)

@@ -1,12 +1,16 @@
 """What arrived, and what became of it: the intake log and the accepted events.
 
-Every payload that reaches ingest leaves one intake row (accepted, duplicate or rejected,
-with the reason), so an on-call engineer can always answer "did herald get my event?".
+Every payload that reaches ingest leaves one intake row (accepted, duplicate, conflict or
+rejected, with the reason), so an on-call engineer can always answer "did herald get my
+event?". Texts in an intake row come from whoever sent the payload: ``record_intake`` makes
+each one storable (control characters and half surrogate pairs escaped, cut to its column),
+so that recording a refusal never fails because of what was refused.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -18,9 +22,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from worker.clock import as_utc, utcnow
 from worker.errors import EventConflict
 from worker.events import Event, topic_of, validate_event
+from worker.limits import EVENT_TYPE_CHARS, IDENTIFIER_CHARS, LINE_CHARS
 from worker.store.schema import events, intake
 
-EXCERPT_CHARS = 4_096
+#: What a database text column cannot hold, or a terminal should not print: control
+#: characters (but tab and newline) and half surrogate pairs.
+_UNSTORABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
+#: Longest reason kept (reasons are one line of a few hundred characters by construction).
+REASON_CHARS = 2_000
 
 
 class IntakeOutcome(str, Enum):
@@ -28,7 +37,19 @@ class IntakeOutcome(str, Enum):
 
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
+    CONFLICT = "conflict"  # an event_id accepted before, with another body: refused
     REJECTED = "rejected"
+
+
+#: Outcomes that refuse the payload; `herald events rejected` lists them.
+REFUSED = (IntakeOutcome.REJECTED, IntakeOutcome.CONFLICT)
+
+
+def storable(text: str | None, limit: int) -> str | None:
+    """``text`` escaped where a column could not hold it, and cut to ``limit`` characters."""
+    if text is None:
+        return None
+    return _UNSTORABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)[:limit]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +57,13 @@ class Rejection:
     """A refused payload, as `herald events rejected` shows it."""
 
     id: int
+    outcome: str
     event_id: str | None
     event_type: str | None
     reason: str
     size_bytes: int
     excerpt: str | None
+    payload_sha256: str | None
     received_at: datetime
 
 
@@ -54,17 +77,19 @@ def record_intake(
     source: str | None = None,
     reason: str | None = None,
     excerpt: str | None = None,
+    payload_sha256: str | None = None,
 ) -> None:
-    """Append one row to the intake log."""
+    """Append one row to the intake log; every text is made storable first."""
     conn.execute(
         intake.insert().values(
-            event_id=event_id[:128] if event_id else None,
+            event_id=storable(event_id, IDENTIFIER_CHARS) or None,
             outcome=outcome.value,
-            reason=reason,
-            event_type=event_type[:64] if event_type else None,
-            source=source[:300] if source else None,
+            reason=storable(reason, REASON_CHARS),
+            event_type=storable(event_type, EVENT_TYPE_CHARS) or None,
+            source=storable(source, LINE_CHARS) or None,
             size_bytes=size_bytes,
-            excerpt=excerpt[:EXCERPT_CHARS] if excerpt else None,
+            excerpt=storable(excerpt, 16_384),
+            payload_sha256=payload_sha256,
             received_at=utcnow(),
         )
     )
@@ -178,18 +203,23 @@ def event_summary(conn: Connection, event_id: str) -> EventSummary | None:
 
 
 def list_rejections(conn: Connection, limit: int = 50) -> list[Rejection]:
-    """The most recent rejected payloads, newest first."""
+    """The most recent refused payloads (rejected, or a conflicting repeat), newest first."""
     rows = conn.execute(
-        select(intake).where(intake.c.outcome == IntakeOutcome.REJECTED.value).order_by(intake.c.id.desc()).limit(limit)
+        select(intake)
+        .where(intake.c.outcome.in_([outcome.value for outcome in REFUSED]))
+        .order_by(intake.c.id.desc())
+        .limit(limit)
     )
     return [
         Rejection(
             id=row.id,
+            outcome=row.outcome,
             event_id=row.event_id,
             event_type=row.event_type,
             reason=row.reason or "",
             size_bytes=row.size_bytes,
             excerpt=row.excerpt,
+            payload_sha256=row.payload_sha256,
             received_at=as_utc(row.received_at),
         )
         for row in rows

@@ -1,7 +1,9 @@
-"""The recipients table: the only place contact details live.
+"""The recipients table: the stored record of every person, and their contact details.
 
 Everybody in an audience gets a row and a random pseudonymous ``ref``; every other table
-names people by that ref, so erasing a row here erases the person's contacts everywhere.
+names people by that ref. Only ``herald recipients import`` writes contacts here: an event
+that lists people inline keeps its contacts in ``event_contacts`` for that event, and
+``load``/``load_reach`` lay them over the stored record when given that event's id.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from channels.base import Recipient
 from worker.clock import utcnow
 from worker.contacts import check_email, check_phone
 from worker.events import RecipientIn
+from worker.store import event_contacts
 from worker.store.dialect import insert_ignoring_conflicts, upsert
 from worker.store.schema import recipients
 
@@ -72,7 +75,7 @@ _REFRESHED = [
 
 
 def upsert_people(conn: Connection, people: Sequence[RecipientIn]) -> tuple[dict[str, str], ContactProblems]:
-    """Store or refresh people given inline; returns user_id → ref and any contact problems."""
+    """Store or refresh people's records (an import); returns user_id → ref and any contact problems."""
     problems = ContactProblems()
     rows = {person.user_id: _row(person, problems) for person in people}
     upsert(conn, recipients, list(rows.values()), "user_id", _REFRESHED)
@@ -113,24 +116,30 @@ def page_all(conn: Connection, after_ref: str, limit: int) -> list[str]:
     return [ref for (ref,) in rows]
 
 
-def load(conn: Connection, refs: Iterable[str]) -> dict[str, Recipient]:
-    """The recipients with these refs, with their contacts."""
+def load(conn: Connection, refs: Iterable[str], *, event_id: str | None = None) -> dict[str, Recipient]:
+    """The recipients with these refs, with their contacts; with ``event_id``, as that event
+    gave them inline where it did (see ``worker.store.event_contacts``)."""
     refs = list(refs)
     if not refs:
         return {}
     rows = conn.execute(select(recipients).where(recipients.c.ref.in_(refs)))
-    return {
-        row.ref: Recipient(
+    given = event_contacts.given_for(conn, event_id, refs) if event_id is not None else {}
+    people: dict[str, Recipient] = {}
+    for row in rows:
+        said = given.get(row.ref, _NOTHING_GIVEN)
+        people[row.ref] = Recipient(
             ref=row.ref,
             user_id=row.user_id,
-            name=row.name,
-            email=row.email,
-            phone=row.phone,
-            locale=row.locale,
-            time_zone=row.time_zone,
+            name=row.name if said.name is None else said.name,
+            email=said.email if said.gives_email else row.email,
+            phone=said.phone if said.gives_phone else row.phone,
+            locale=said.locale or row.locale,
+            time_zone=said.time_zone or row.time_zone,
         )
-        for row in rows
-    }
+    return people
+
+
+_NOTHING_GIVEN = event_contacts.GivenContact()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +160,9 @@ class Reach:
         return getattr(self, f"{contact}_problem", None) or f"no {contact} on record"
 
 
-def load_reach(conn: Connection, refs: Iterable[str]) -> dict[str, Reach]:
-    """Reachability of these refs, without reading the contacts themselves."""
+def load_reach(conn: Connection, refs: Iterable[str], *, event_id: str | None = None) -> dict[str, Reach]:
+    """Reachability of these refs, without reading the contacts themselves; with
+    ``event_id``, as that event gave them inline (its opt-outs add to the stored ones)."""
     refs = list(refs)
     if not refs:
         return {}
@@ -167,10 +177,17 @@ def load_reach(conn: Connection, refs: Iterable[str]) -> dict[str, Reach]:
             c.opt_out,
         ).where(c.ref.in_(refs))
     )
-    return {
-        ref: Reach(ref, bool(email), bool(phone), email_problem, phone_problem, _channels(opt_out))
-        for ref, email, phone, email_problem, phone_problem, opt_out in rows
-    }
+    given = event_contacts.given_for(conn, event_id, refs) if event_id is not None else {}
+    reach: dict[str, Reach] = {}
+    for ref, email, phone, email_problem, phone_problem, opt_out in rows:
+        said = given.get(ref, _NOTHING_GIVEN)
+        if said.gives_email:
+            email, email_problem = said.email is not None, said.email_problem
+        if said.gives_phone:
+            phone, phone_problem = said.phone is not None, said.phone_problem
+        opted_out = _channels(opt_out) | said.opt_out
+        reach[ref] = Reach(ref, bool(email), bool(phone), email_problem, phone_problem, opted_out)
+    return reach
 
 
 def _channels(text: str | None) -> frozenset[str]:

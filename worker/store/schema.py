@@ -1,8 +1,12 @@
 """The database tables, as SQLAlchemy Core metadata; Alembic migrations follow this file.
 
-Contact details live only in ``recipients``; every other table names a person by the
+Contact details live only in ``recipients`` (the stored record) and ``event_contacts``
+(contacts an event gave inline, for that event); every other table names a person by the
 pseudonymous ``recipient_ref``, so that a retention purge can erase contacts without
 touching the evidence in ``ledger``.
+
+Column lengths come from ``worker.limits``, the same numbers validation uses, so a value
+herald accepted always fits.
 """
 
 from __future__ import annotations
@@ -20,6 +24,20 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from worker.limits import (
+    CHANNEL_NAME_CHARS,
+    EMAIL_CHARS,
+    EVENT_TYPE_CHARS,
+    IDENTIFIER_CHARS,
+    LINE_CHARS,
+    LOCALE_CHARS,
+    NAME_CHARS,
+    OPT_OUT_CHARS,
+    PHONE_CHARS,
+    TIME_ZONE_CHARS,
+    TOPIC_CHARS,
+)
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(column_0_label)s",
@@ -35,31 +53,32 @@ intake = Table(
     "intake",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("event_id", String(128), nullable=True, index=True),
-    Column("outcome", String(16), nullable=False, index=True),  # accepted | duplicate | rejected
+    Column("event_id", String(IDENTIFIER_CHARS), nullable=True, index=True),
+    Column("outcome", String(16), nullable=False, index=True),  # accepted | duplicate | conflict | rejected
     Column("reason", Text, nullable=True),
-    Column("event_type", String(64), nullable=True),
-    Column("source", String(300), nullable=True),
+    Column("event_type", String(EVENT_TYPE_CHARS), nullable=True),
+    Column("source", String(LINE_CHARS), nullable=True),
     Column("size_bytes", Integer, nullable=False),
-    Column("excerpt", Text, nullable=True),
+    Column("excerpt", Text, nullable=True),  # refused payloads only: bounded, escaped, contacts masked
+    Column("payload_sha256", String(64), nullable=True),  # of the raw bytes, to match a producer's copy
     Column("received_at", DateTime(timezone=True), nullable=False),
 )
 
 events = Table(
     "events",
     metadata,
-    Column("event_id", String(128), primary_key=True),
-    Column("event_type", String(64), nullable=False),
-    Column("source", String(300), nullable=False),
-    Column("digest", String(64), nullable=False),
-    Column("body", Text, nullable=False),
+    Column("event_id", String(IDENTIFIER_CHARS), primary_key=True),
+    Column("event_type", String(EVENT_TYPE_CHARS), nullable=False),
+    Column("source", String(LINE_CHARS), nullable=False),
+    Column("digest", String(64), nullable=False),  # of the body as received, contacts included
+    Column("body", Text, nullable=False),  # as received, but an inline audience's contacts are in event_contacts
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("accepted_at", DateTime(timezone=True), nullable=False),
     Column("fanout_cursor", String(128), nullable=True),  # where the next audience page starts
     Column("fanout_done_at", DateTime(timezone=True), nullable=True),
     Column("recipients_total", Integer, nullable=True),
     Column("fanout_updated_at", DateTime(timezone=True), nullable=True),  # the dead-man check watches it
-    Column("topic", String(300), nullable=True, index=True),  # events of one topic share an announcement
+    Column("topic", String(TOPIC_CHARS), nullable=True, index=True),  # events of one topic share an announcement
     Column("plan", Text, nullable=True),  # the routing plan (JSON) the event is sent under, fixed at intake
 )
 
@@ -67,26 +86,45 @@ recipients = Table(
     "recipients",
     metadata,
     Column("ref", String(32), primary_key=True),
-    Column("user_id", String(128), nullable=False, unique=True),
-    Column("name", String(200), nullable=False, default=""),
-    Column("email", String(320), nullable=True),
-    Column("phone", String(32), nullable=True),
-    Column("locale", String(35), nullable=False, default="en"),
+    Column("user_id", String(IDENTIFIER_CHARS), nullable=False, unique=True),
+    Column("name", String(NAME_CHARS), nullable=False, default=""),
+    Column("email", String(EMAIL_CHARS), nullable=True),
+    Column("phone", String(PHONE_CHARS), nullable=True),
+    Column("locale", String(LOCALE_CHARS), nullable=False, default="en"),
     Column("email_problem", String(300), nullable=True),  # why a given address was unusable (masked)
     Column("phone_problem", String(300), nullable=True),
-    Column("opt_out", String(200), nullable=True),  # channels the person opted out of, comma-separated
-    Column("time_zone", String(64), nullable=True),  # IANA zone times are shown in; null = the locale's
+    Column("opt_out", String(OPT_OUT_CHARS), nullable=True),  # channels the person opted out of, comma-separated
+    Column("time_zone", String(TIME_ZONE_CHARS), nullable=True),  # IANA zone times are shown in; null = the locale's
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Contacts an event gave inline for one person: used for that event only, never copied into
+# ``recipients`` (which only an import changes). A null column means "not given": the stored
+# record's value applies. Opt-outs add to the stored ones, never replace them.
+event_contacts = Table(
+    "event_contacts",
+    metadata,
+    Column("event_id", String(IDENTIFIER_CHARS), primary_key=True),
+    Column("recipient_ref", String(32), primary_key=True),
+    Column("name", String(NAME_CHARS), nullable=True),
+    Column("email", String(EMAIL_CHARS), nullable=True),
+    Column("phone", String(PHONE_CHARS), nullable=True),
+    Column("locale", String(LOCALE_CHARS), nullable=True),
+    Column("email_problem", String(300), nullable=True),  # the given address was unusable (masked)
+    Column("phone_problem", String(300), nullable=True),
+    Column("opt_out", String(OPT_OUT_CHARS), nullable=True),
+    Column("time_zone", String(TIME_ZONE_CHARS), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
 deliveries = Table(
     "deliveries",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("event_id", String(128), nullable=False),
+    Column("event_id", String(IDENTIFIER_CHARS), nullable=False),
     Column("recipient_ref", String(32), nullable=False),
-    Column("channel", String(32), nullable=False),
+    Column("channel", String(CHANNEL_NAME_CHARS), nullable=False),
     Column("step", Integer, nullable=False, default=0),
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
@@ -109,9 +147,9 @@ ledger = Table(
     "ledger",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("event_id", String(128), nullable=False, index=True),
+    Column("event_id", String(IDENTIFIER_CHARS), nullable=False, index=True),
     Column("recipient_ref", String(32), nullable=False, index=True),
-    Column("channel", String(32), nullable=False),
+    Column("channel", String(CHANNEL_NAME_CHARS), nullable=False),
     Column("step", Integer, nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("status", String(16), nullable=False),
@@ -129,7 +167,7 @@ letters = Table(
     "letters",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("event_id", String(128), nullable=False),
+    Column("event_id", String(IDENTIFIER_CHARS), nullable=False),
     Column("recipient_ref", String(32), nullable=False, index=True),
     Column("locale", String(35), nullable=False),
     Column("subject", String(300), nullable=False),
@@ -157,12 +195,12 @@ routes = Table(
     "routes",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("event_id", String(128), nullable=False),
+    Column("event_id", String(IDENTIFIER_CHARS), nullable=False),
     Column("recipient_ref", String(32), nullable=False),
     Column("stage", Integer, nullable=False),
     Column("outcome", String(16), nullable=False),
     Column("wait_until", DateTime(timezone=True), nullable=True),  # the stage's confirmation wait ends
-    Column("reached_channel", String(32), nullable=True),
+    Column("reached_channel", String(CHANNEL_NAME_CHARS), nullable=True),
     Column("announcement_id", String(100), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
@@ -176,9 +214,9 @@ announcements = Table(
     "announcements",
     metadata,
     Column("id", String(100), primary_key=True),  # the URL slug; never changes
-    Column("topic", String(300), nullable=False, unique=True),
-    Column("event_type", String(64), nullable=False),
-    Column("event_id", String(128), nullable=False),  # the event that first needed it
+    Column("topic", String(TOPIC_CHARS), nullable=False, unique=True),
+    Column("event_type", String(EVENT_TYPE_CHARS), nullable=False),
+    Column("event_id", String(IDENTIFIER_CHARS), nullable=False),  # the event that first needed it
     Column("revision", Integer, nullable=False),  # bumped whenever its content changes
     Column("published_revision", Integer, nullable=False, default=0),
     Column("first_public_at", DateTime(timezone=True), nullable=True),
@@ -202,7 +240,7 @@ schedules = Table(
     "schedules",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("event_id", String(128), nullable=False),
+    Column("event_id", String(IDENTIFIER_CHARS), nullable=False),
     Column("job", String(32), nullable=False),  # publish_notice | send_notices | reminder | withdraw
     Column("due_at", DateTime(timezone=True), nullable=False),
     Column("state", String(16), nullable=False),  # pending | claimed | enqueued | done | cancelled
