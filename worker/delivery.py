@@ -57,23 +57,27 @@ def deliver_batch(
     event = rt.event(event_id)
 
     messages: list[OutboundMessage] = []
-    erased: list[Receipt] = []
+    unsendable: list[Receipt] = []
     for ref in claim.attempts:
         key = DeliveryKey(event_id, ref, channel, step)
         person = people.get(ref)
         if person is None:
-            erased.append(Receipt.failed(key, PermanentDeliveryError("recipient erased before delivery")))
+            unsendable.append(Receipt.failed(key, PermanentDeliveryError("recipient erased before delivery")))
             continue
         zone = person.time_zone or rt.settings.locale_time_zones.get(person.locale)
-        content = rt.renderer.render(event, channel, person.locale, zone)
+        try:
+            content = rt.renderer.render(event, channel, person.locale, zone)
+        except Exception as exc:  # one person's notice that cannot be written must not hold up the batch
+            unsendable.append(Receipt.failed(key, _unrenderable(exc)))
+            continue
         messages.append(OutboundMessage(key=key, recipient=person, content=content))
 
     dispatch = Dispatch()
-    receipts = _send_in_chunks(rt, channel, messages, claim.attempts, dispatch) + erased
-    if erased:
+    receipts = _send_in_chunks(rt, channel, messages, claim.attempts, dispatch) + unsendable
+    if unsendable:
         with rt.engine.begin() as conn:
-            moves = ledger.record(conn, erased, claim.attempts)
-            dispatch.extend(rt.router.after_receipts(conn, event_id, erased, moves, now=utcnow()))
+            moves = ledger.record(conn, unsendable, claim.attempts)
+            dispatch.extend(rt.router.after_receipts(conn, event_id, unsendable, moves, now=utcnow()))
 
     counts = Counter(r.status for r in receipts)
     outcome = BatchOutcome(
@@ -98,6 +102,14 @@ def deliver_batch(
         outcome.skipped,
     )
     return outcome
+
+
+def _unrenderable(exc: Exception) -> PermanentDeliveryError:
+    """A rendering failure for one person (their locale, their zone): rendering it again gives
+    the same failure, so it is permanent and the person moves on to their next channel."""
+    log.error("could not render a notice for one recipient: %s", type(exc).__name__)
+    detail = " ".join(str(exc).split())[:200]
+    return PermanentDeliveryError(f"the notice could not be rendered: {type(exc).__name__}: {detail}", code="render")
 
 
 def _send_in_chunks(

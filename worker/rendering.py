@@ -190,7 +190,7 @@ def zone_or_utc(name: str | None) -> str:
         return "UTC"
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder such as "America"
         return "UTC"
     return name
 
