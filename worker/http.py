@@ -2,7 +2,8 @@
 
 Every Twilio request is checked against ``X-Twilio-Signature`` computed over the public URL
 (``HERALD_PUBLIC_URL`` + path), not the URL this process happens to see behind a proxy. An
-unsigned or wrongly signed request gets 403 and changes nothing. Callbacks join deliveries
+unsigned request gets 403 before its body is read, a body over ``callback_max_bytes`` gets
+413 while it streams, and a wrongly signed request gets 403; none of them changes anything. Callbacks join deliveries
 on the provider's SID, and statuses only move forward. A callback that settles a person's
 stage (an SMS undelivered, a call unanswered) moves them down their chain right here, in
 the same transaction, and the next stage's batches are handed to the broker.
@@ -19,6 +20,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import parse_qsl
 
 import dramatiq
 from sqlalchemy import Engine, text
@@ -58,6 +60,23 @@ class PublicSite(StaticFiles):
         return super().lookup_path(path)
 
 
+async def capped_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to be longer than ``limit``.
+
+    A declared Content-Length over the limit is refused before anything is read; the bytes
+    that do arrive are counted too, since a chunked body declares no length.
+    """
+    declared = request.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 def create_app(settings: Settings, engine: Engine | None = None, broker: dramatiq.Broker | None = None) -> Starlette:
     """The ASGI app, bound to one database, one broker and one Twilio auth token."""
     db = engine or make_engine(settings.resolved_database_url)
@@ -77,14 +96,26 @@ def create_app(settings: Settings, engine: Engine | None = None, broker: dramati
         except Exception as exc:  # the decision is committed; the sweep re-sends pending rows
             log.warning("could not enqueue the next stage now (%s); the dead-man check will", type(exc).__name__)
 
-    async def signed_form(request: Request) -> dict[str, str] | None:
-        form = await request.form()
-        params = {key: str(value) for key, value in form.items()}
-        url = public + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    async def signed_form(request: Request) -> dict[str, str] | Response:
+        """The request's form if Twilio signed it, else the refusal to send.
+
+        Nothing is read of a request without a signature, and no more than
+        ``callback_max_bytes`` of one with a signature: an unauthenticated client cannot
+        make this process hold a large body.
+        """
         signature = request.headers.get("X-Twilio-Signature", "")
-        if not signature or not validator.validate(url, params, signature):
-            log.warning("refused an unsigned or wrongly signed request to %s", request.url.path)
-            return None
+        if not signature:
+            log.warning("refused an unsigned request to %s", request.url.path)
+            return PlainTextResponse("invalid signature", status_code=403)
+        body = await capped_body(request, settings.callback_max_bytes)
+        if body is None:
+            log.warning("refused a request to %s over %d bytes", request.url.path, settings.callback_max_bytes)
+            return PlainTextResponse("request body too large", status_code=413)
+        params = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
+        url = public + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if not validator.validate(url, params, signature):
+            log.warning("refused a wrongly signed request to %s", request.url.path)
+            return PlainTextResponse("invalid signature", status_code=403)
         return params
 
     def apply(sid: str, status: DeliveryStatus, error: PermanentDeliveryError | None) -> Move | bool | None:
@@ -123,8 +154,8 @@ def create_app(settings: Settings, engine: Engine | None = None, broker: dramati
 
     async def message_status(request: Request) -> Response:
         params = await signed_form(request)
-        if params is None:
-            return PlainTextResponse("invalid signature", status_code=403)
+        if isinstance(params, Response):
+            return params
         sid, reported = params.get("MessageSid", ""), params.get("MessageStatus", "").lower()
         status, error = message_verdict(reported, params.get("ErrorCode"))
         if not sid or status is None:
@@ -136,8 +167,8 @@ def create_app(settings: Settings, engine: Engine | None = None, broker: dramati
 
     async def voice_status(request: Request) -> Response:
         params = await signed_form(request)
-        if params is None:
-            return PlainTextResponse("invalid signature", status_code=403)
+        if isinstance(params, Response):
+            return params
         sid, reported = params.get("CallSid", ""), params.get("CallStatus", "").lower()
         if not sid or not reported:
             return PlainTextResponse("CallSid and CallStatus are required", status_code=400)
@@ -149,8 +180,8 @@ def create_app(settings: Settings, engine: Engine | None = None, broker: dramati
 
     async def gather(request: Request) -> Response:
         params = await signed_form(request)
-        if params is None:
-            return PlainTextResponse("invalid signature", status_code=403)
+        if isinstance(params, Response):
+            return params
         sid, digits = params.get("CallSid", ""), params.get("Digits", "")
         response = VoiceResponse()
         if sid and digits == "1":
