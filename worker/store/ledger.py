@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, delete, func, or_, select, text, update
 
 from channels.base import DeliveryKey, Receipt
 from worker.clock import utcnow
@@ -329,57 +329,78 @@ def apply_status(
 def receive_provider_status(
     conn: Connection, provider_message_id: str, status: DeliveryStatus, error: DeliveryError | None = None
 ) -> Move | bool | None:
-    """Store a provider's status callback, then apply it if its delivery is already recorded.
+    """Apply a provider's status callback, or keep it until its delivery is recorded.
 
-    The callback row is kept whatever happens: a provider may call back before the worker
-    has written the message id it was given (the batch is still being sent). Such a callback
-    stays pending and ``apply_pending_callbacks`` applies it once the id is recorded.
-    Returns the ``Move`` if the delivery moved, False if the callback changed nothing (late
-    or duplicate), None if it is pending.
+    A provider may call back before the worker has written the message id it was given (the
+    batch is still being sent). Only such a callback is stored, once per (id, status): a
+    replay adds nothing. ``apply_pending_callbacks`` applies and deletes it once the id is
+    recorded. Returns the ``Move`` if the delivery moved, False if the callback changed
+    nothing (late or duplicate), None if it is waiting.
     """
-    callback_id = conn.execute(
-        provider_callbacks.insert()
-        .values(
-            provider_message_id=provider_message_id,
-            status=status.value,
-            error_class=error.kind if error else None,
-            error_code=error.code if error else None,
-            reason=error.message if error else None,
-            received_at=utcnow(),
-        )
-        .returning(provider_callbacks.c.id)
-    ).scalar_one()
     result = apply_status(conn, provider_message_id, status, error)
-    if result is not None:
-        conn.execute(
-            update(provider_callbacks).where(provider_callbacks.c.id == callback_id).values(applied_at=utcnow())
-        )
+    if result is None:
+        row = {
+            "provider_message_id": provider_message_id,
+            "status": status.value,
+            "error_class": error.kind if error else None,
+            "error_code": error.code if error else None,
+            "reason": error.message if error else None,
+            "received_at": utcnow(),
+        }
+        insert_ignoring_conflicts(conn, provider_callbacks, [row], "provider_message_id", "status")
     return result
 
 
 def apply_pending_callbacks(conn: Connection, provider_message_ids: Iterable[str]) -> list[Move]:
-    """Apply, in arrival order, callbacks that came before their delivery's id was recorded."""
+    """Apply, in arrival order, callbacks that came before their delivery's id was recorded.
+
+    Each one that applies (moved the delivery or changed nothing) is deleted.
+    """
     ids = [pmid for pmid in provider_message_ids if pmid]
     if not ids:
         return []
     pending = conn.execute(
         select(provider_callbacks)
-        .where(provider_callbacks.c.provider_message_id.in_(ids), provider_callbacks.c.applied_at.is_(None))
+        .where(provider_callbacks.c.provider_message_id.in_(ids))
         .order_by(provider_callbacks.c.id)
     ).all()
     moves: list[Move] = []
+    applied: list[int] = []
     for row in pending:
         error = None
         if row.error_class is not None:
             error = PermanentDeliveryError(row.reason or "", code=row.error_code)
         result = apply_status(conn, row.provider_message_id, DeliveryStatus(row.status), error)
         if result is not None:
-            conn.execute(
-                update(provider_callbacks).where(provider_callbacks.c.id == row.id).values(applied_at=utcnow())
-            )
+            applied.append(row.id)
         if isinstance(result, Move):
             moves.append(result)
+    if applied:
+        conn.execute(delete(provider_callbacks).where(provider_callbacks.c.id.in_(applied)))
     return moves
+
+
+def callbacks_received_before(conn: Connection, received_before: datetime) -> bool:
+    """Whether any waiting callback was received before ``received_before``."""
+    stmt = select(provider_callbacks.c.id).where(provider_callbacks.c.received_at < received_before)
+    return conn.execute(stmt.limit(1)).first() is not None
+
+
+def drop_stale_callbacks(conn: Connection, received_before: datetime, limit: int) -> int:
+    """Delete waiting callbacks received before ``received_before``: their delivery never came.
+
+    Such a callback answers a send whose provider id was never recorded (a worker died
+    between the provider's answer and the record; the key was sent again under a new id).
+    """
+    stale = [
+        callback_id
+        for (callback_id,) in conn.execute(
+            select(provider_callbacks.c.id).where(provider_callbacks.c.received_at < received_before).limit(limit)
+        )
+    ]
+    if stale:
+        conn.execute(delete(provider_callbacks).where(provider_callbacks.c.id.in_(stale)))
+    return len(stale)
 
 
 def acknowledge(conn: Connection, event_id: str, ref: str, channel: str, why: str) -> Move | None:
@@ -562,12 +583,16 @@ def touch(conn: Connection, event_id: str, channel: str, step: int, refs: Sequen
     )
 
 
-def pending_callback_count(conn: Connection, provider_message_id: str) -> int:
-    """How many callbacks for this provider id still wait for their delivery to be recorded."""
-    stmt = select(func.count()).where(
-        provider_callbacks.c.provider_message_id == provider_message_id, provider_callbacks.c.applied_at.is_(None)
-    )
-    return int(conn.execute(stmt).scalar_one())
+def callbacks_waiting(conn: Connection, provider_message_id: str) -> bool:
+    """Whether callbacks for this provider id still wait for their delivery to be recorded."""
+    stmt = select(provider_callbacks.c.id).where(provider_callbacks.c.provider_message_id == provider_message_id)
+    return conn.execute(stmt.limit(1)).first() is not None
+
+
+def is_recorded(conn: Connection, provider_message_id: str) -> bool:
+    """Whether a delivery with this provider id has been recorded."""
+    stmt = select(deliveries.c.id).where(deliveries.c.provider_message_id == provider_message_id)
+    return conn.execute(stmt.limit(1)).first() is not None
 
 
 def awaiting_verdict(conn: Connection, provider_message_ids: Sequence[str]) -> list[str]:
