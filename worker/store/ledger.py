@@ -23,7 +23,7 @@ from sqlalchemy import ColumnElement, Connection, and_, bindparam, delete, func,
 from channels.base import DeliveryKey, Receipt
 from worker.clock import utcnow
 from worker.errors import DeliveryError, PermanentDeliveryError
-from worker.statuses import TERMINAL, DeliveryStatus, RouteMark, statuses_before
+from worker.statuses import TERMINAL, DeliveryStatus, RouteMark, overturnable, statuses_before
 from worker.store.dialect import insert_ignoring_conflicts, insert_returning_new
 from worker.store.schema import deliveries, ledger, provider_callbacks
 
@@ -268,10 +268,15 @@ def failure_reasons(conn: Connection, event_id: str) -> list[tuple[str, str, int
 
 @dataclass(frozen=True, slots=True)
 class Move:
-    """A delivery that moved to ``status`` outside a batch (a callback, a reconciliation)."""
+    """A delivery that moved to ``status`` outside a batch (a callback, a reconciliation).
+
+    ``overturned``: it replaced a failure, the one exception to forward-only
+    (``worker.statuses.overturnable``); routing then undoes what that failure decided.
+    """
 
     key: DeliveryKey
     status: DeliveryStatus
+    overturned: bool = False
 
 
 def apply_status(
@@ -280,20 +285,26 @@ def apply_status(
     """Move the delivery with this provider id forward.
 
     Returns the ``Move`` when it moved, False when the status changed nothing (late or
-    duplicate), None when no delivery has that id yet.
+    duplicate), None when no delivery has that id yet. A keypress replaces a call failed as
+    unconfirmed (``overturnable``); the row is locked first, so ``overturned`` is exact.
     """
     row = conn.execute(
-        select(deliveries).where(deliveries.c.provider_message_id == provider_message_id).limit(1)
+        select(deliveries).where(deliveries.c.provider_message_id == provider_message_id).limit(1).with_for_update()
     ).one_or_none()
     if row is None:
         return None
     allowed = statuses_before(status)
-    if not allowed:
+    guard: ColumnElement[bool] = deliveries.c.status.in_([s.value for s in allowed])
+    replaces = overturnable(status)
+    overturned = replaces is not None and (row.status, row.error_code) == (replaces[0].value, replaces[1])
+    if overturned:
+        guard = and_(deliveries.c.status == row.status, deliveries.c.error_code == row.error_code)
+    elif not allowed:
         return False
     now = utcnow()
     moved = conn.execute(
         update(deliveries)
-        .where(deliveries.c.id == row.id, deliveries.c.status.in_([s.value for s in allowed]))
+        .where(deliveries.c.id == row.id, guard)
         .values(
             status=status.value,
             error_class=error.kind if error else None,
@@ -323,7 +334,7 @@ def apply_status(
             recorded_at=now,
         )
     )
-    return Move(DeliveryKey(row.event_id, row.recipient_ref, row.channel, row.step), status)
+    return Move(DeliveryKey(row.event_id, row.recipient_ref, row.channel, row.step), status, overturned)
 
 
 def receive_provider_status(
@@ -434,6 +445,56 @@ def acknowledge(conn: Connection, event_id: str, ref: str, channel: str, why: st
         )
     )
     return Move(DeliveryKey(event_id, ref, channel, row.step), DeliveryStatus.ACKNOWLEDGED)
+
+
+def skip_later_stages(conn: Connection, key: DeliveryKey, error: DeliveryError) -> list[DeliveryKey]:
+    """Skip the recipient's deliveries of stages after ``key.step`` that nobody has claimed yet.
+
+    For a person a late confirmation reached after all: what the overturned failure opened
+    need not be sent. Deliveries already claimed or sent are left as they are.
+    """
+    now = utcnow()
+    skipped = conn.execute(
+        update(deliveries)
+        .where(
+            deliveries.c.event_id == key.event_id,
+            deliveries.c.recipient_ref == key.recipient_ref,
+            deliveries.c.step > key.step,
+            deliveries.c.status == DeliveryStatus.PENDING.value,
+        )
+        .values(
+            status=DeliveryStatus.SKIPPED.value,
+            error_class=error.kind,
+            error_code=error.code,
+            reason=error.message,
+            updated_at=now,
+        )
+        .returning(deliveries.c.channel, deliveries.c.step, deliveries.c.attempts)
+    ).all()
+    if skipped:
+        conn.execute(
+            ledger.insert(),
+            [
+                {
+                    "event_id": key.event_id,
+                    "recipient_ref": key.recipient_ref,
+                    "channel": channel,
+                    "step": step,
+                    "attempt": attempts,
+                    "status": DeliveryStatus.SKIPPED.value,
+                    "provider_message_id": None,
+                    "error_class": error.kind,
+                    "error_code": error.code,
+                    "reason": error.message,
+                    "tries": 0,
+                    "segments": None,
+                    "provider": None,
+                    "recorded_at": now,
+                }
+                for channel, step, attempts in skipped
+            ],
+        )
+    return [DeliveryKey(key.event_id, key.recipient_ref, channel, step) for channel, step, _ in skipped]
 
 
 @dataclass(frozen=True, slots=True)
