@@ -14,6 +14,10 @@ prompted them, and they are compare-and-set on the recipient's stage: a redelive
 message, a duplicate callback or two workers deciding at once move a person once and open
 a stage's deliveries once. What a decision asks to send comes back as a ``Dispatch`` for
 the caller to enqueue after the commit.
+
+One confirmation can arrive after the failure it contradicts: a call's keypress recorded
+after the call's end (``worker.statuses.overturnable``). The person then ends reached
+whatever that failure decided, and the later stages' deliveries not yet claimed are skipped.
 """
 
 from __future__ import annotations
