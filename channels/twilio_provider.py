@@ -23,7 +23,7 @@ from twilio.rest import Client
 
 from worker.config import Settings
 from worker.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
-from worker.statuses import DeliveryStatus
+from worker.statuses import UNCONFIRMED_CALL, DeliveryStatus
 
 T = TypeVar("T")
 
@@ -253,14 +253,15 @@ def message_verdict(status: str, error_code: str | None) -> tuple[DeliveryStatus
 def call_verdict(status: str) -> tuple[DeliveryStatus | None, PermanentDeliveryError | None]:
     """What a call status means: failed when the call ended unconfirmed, None while it goes on.
 
-    A confirmation (the keypress) always arrives before the call ends, so a call that is
-    ``completed`` and not yet acknowledged did not reach the person.
+    The keypress happens before the call ends, but its request may commit after the
+    ``completed`` callback: a keypress recorded later replaces this failure
+    (``worker.statuses.overturnable``).
     """
     status = status.lower()
     if status in CALL_FAILED:
         return DeliveryStatus.FAILED, callback_error(status, None)
     if status == "completed":
         return DeliveryStatus.FAILED, PermanentDeliveryError(
-            "call ended without the person pressing 1", code="no-confirmation"
+            "call ended without the person pressing 1", code=UNCONFIRMED_CALL
         )
     return None, None

@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     )
     confirmation_rounds: int = Field(3, ge=1, le=10, description="Times herald asks before failing it.")
     callback_settle_s: float = Field(60.0, ge=0, description="How long a callback that beat its record is retried.")
+    callback_retention_s: float = Field(
+        86_400.0, gt=0, description="A stored callback whose delivery never appears is dropped after this long."
+    )
+    callback_max_bytes: int = Field(
+        65_536, ge=1_024, le=16_777_216, description="A callback body longer than this is refused (413) unread."
+    )
 
     @field_validator("broker_url")
     @classmethod

@@ -2,10 +2,14 @@
 
 Every Twilio request is checked against ``X-Twilio-Signature`` computed over the public URL
 (``HERALD_PUBLIC_URL`` + path), not the URL this process happens to see behind a proxy. An
-unsigned or wrongly signed request gets 403 and changes nothing. Callbacks join deliveries
-on the provider's SID, and statuses only move forward. A callback that settles a person's
-stage (an SMS undelivered, a call unanswered) moves them down their chain right here, in
-the same transaction, and the next stage's batches are handed to the broker.
+unsigned request gets 403 before its body is read, a body over ``callback_max_bytes`` gets
+413 while it streams, and a wrongly signed request gets 403; none of them changes anything.
+
+Callbacks join deliveries on the provider's SID, and statuses only move forward. A callback
+that settles a person's stage (an SMS undelivered, a call unanswered) moves them down their
+chain right here, in the same transaction, and the next stage's batches are handed to the
+broker. One that beat its delivery's record is stored once and looked after by a
+``Settler`` until the record exists.
 
 ``/announcements`` serves the static announcement site exactly as it was published.
 Ingest, the inbox and metrics join this app in later issues.
@@ -13,17 +17,16 @@ Ingest, the inbox and metrics join this app in later issues.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import parse_qsl
 
 import dramatiq
 from sqlalchemy import Engine, text
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -39,10 +42,17 @@ from worker.config import Settings
 from worker.dispatch import Dispatch, enqueue
 from worker.errors import PermanentDeliveryError
 from worker.routing import Router
+from worker.settling import Settler
 from worker.site import announcement_slug
 from worker.statuses import DeliveryStatus
-from worker.store.engine import make_engine
-from worker.store.ledger import Move, apply_pending_callbacks, pending_callback_count, receive_provider_status
+from worker.store.engine import make_engine, read_only
+from worker.store.ledger import (
+    Move,
+    apply_pending_callbacks,
+    callbacks_waiting,
+    is_recorded,
+    receive_provider_status,
+)
 
 log = logging.getLogger("herald.http")
 
@@ -56,6 +66,23 @@ class PublicSite(StaticFiles):
         if any(part.startswith(".") and part != "." for part in path.split("/")):
             return "", None
         return super().lookup_path(path)
+
+
+async def capped_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to be longer than ``limit``.
+
+    A declared Content-Length over the limit is refused before anything is read; the bytes
+    that do arrive are counted too, since a chunked body declares no length.
+    """
+    declared = request.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 def create_app(settings: Settings, engine: Engine | None = None, broker: dramatiq.Broker | None = None) -> Starlette:
@@ -77,14 +104,26 @@ def create_app(settings: Settings, engine: Engine | None = None, broker: dramati
         except Exception as exc:  # the decision is committed; the sweep re-sends pending rows
             log.warning("could not enqueue the next stage now (%s); the dead-man check will", type(exc).__name__)
 
-    async def signed_form(request: Request) -> dict[str, str] | None:
-        form = await request.form()
-        params = {key: str(value) for key, value in form.items()}
-        url = public + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    async def signed_form(request: Request) -> dict[str, str] | Response:
+        """The request's form if Twilio signed it, else the refusal to send.
+
+        Nothing is read of a request without a signature, and no more than
+        ``callback_max_bytes`` of one with a signature: an unauthenticated client cannot
+        make this process hold a large body.
+        """
         signature = request.headers.get("X-Twilio-Signature", "")
-        if not signature or not validator.validate(url, params, signature):
-            log.warning("refused an unsigned or wrongly signed request to %s", request.url.path)
-            return None
+        if not signature:
+            log.warning("refused an unsigned request to %s", request.url.path)
+            return PlainTextResponse("invalid signature", status_code=403)
+        body = await capped_body(request, settings.callback_max_bytes)
+        if body is None:
+            log.warning("refused a request to %s over %d bytes", request.url.path, settings.callback_max_bytes)
+            return PlainTextResponse("request body too large", status_code=413)
+        params = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
+        url = public + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if not validator.validate(url, params, signature):
+            log.warning("refused a wrongly signed request to %s", request.url.path)
+            return PlainTextResponse("invalid signature", status_code=403)
         return params
 
     def apply(sid: str, status: DeliveryStatus, error: PermanentDeliveryError | None) -> Move | bool | None:
@@ -94,37 +133,31 @@ def create_app(settings: Settings, engine: Engine | None = None, broker: dramati
         hand_on(dispatch)
         return result
 
-    async def settle_later(sid: str) -> None:
-        """A callback that beat the worker's record: apply it as soon as the record exists."""
+    def waiting_state(sid: str) -> bool | None:
+        with read_only(db) as conn:
+            if not callbacks_waiting(conn, sid):
+                return None
+            return is_recorded(conn, sid)
 
-        def attempt() -> int:
-            with db.begin() as conn:
-                moves = apply_pending_callbacks(conn, [sid])
-                dispatch = router.after_moves(conn, moves, utcnow())
-                left = pending_callback_count(conn, sid)
-            hand_on(dispatch)
-            return left
+    def apply_waiting(sid: str) -> None:
+        with db.begin() as conn:
+            moves = apply_pending_callbacks(conn, [sid])
+            dispatch = router.after_moves(conn, moves, utcnow())
+        hand_on(dispatch)
 
-        for _ in range(int(settings.callback_settle_s / 0.5)):
-            await asyncio.sleep(0.5)
-            try:
-                if await run_in_threadpool(attempt) == 0:
-                    return
-            except Exception as exc:  # the worker applies the stored callback on record anyway
-                log.warning("callback for %s not applied yet: %s", sid, type(exc).__name__)
-                return
-        log.warning("callback for %s still has no recorded delivery; the worker will apply it on record", sid)
+    settler = Settler(within_s=settings.callback_settle_s, state=waiting_state, apply=apply_waiting)
 
-    async def applied(sid: str, status: DeliveryStatus, error: PermanentDeliveryError | None) -> Response:
+    async def applied(sid: str, status: DeliveryStatus, error: PermanentDeliveryError | None) -> Move | bool | None:
+        """Apply a callback; one that beat its delivery's record is looked after until it applies."""
         result = await run_in_threadpool(apply, sid, status, error)
         if result is None:
-            return Response(status_code=204, background=BackgroundTask(settle_later, sid))
-        return Response(status_code=204)
+            settler.schedule(sid)
+        return result
 
     async def message_status(request: Request) -> Response:
         params = await signed_form(request)
-        if params is None:
-            return PlainTextResponse("invalid signature", status_code=403)
+        if isinstance(params, Response):
+            return params
         sid, reported = params.get("MessageSid", ""), params.get("MessageStatus", "").lower()
         status, error = message_verdict(reported, params.get("ErrorCode"))
         if not sid or status is None:
@@ -132,12 +165,13 @@ def create_app(settings: Settings, engine: Engine | None = None, broker: dramati
         log.info("message %s reported %s", sid, reported)
         if status is DeliveryStatus.SENT:
             return Response(status_code=204)  # the worker recorded "sent" itself when Twilio accepted it
-        return await applied(sid, status, error)
+        await applied(sid, status, error)
+        return Response(status_code=204)
 
     async def voice_status(request: Request) -> Response:
         params = await signed_form(request)
-        if params is None:
-            return PlainTextResponse("invalid signature", status_code=403)
+        if isinstance(params, Response):
+            return params
         sid, reported = params.get("CallSid", ""), params.get("CallStatus", "").lower()
         if not sid or not reported:
             return PlainTextResponse("CallSid and CallStatus are required", status_code=400)
@@ -145,21 +179,18 @@ def create_app(settings: Settings, engine: Engine | None = None, broker: dramati
         status, error = call_verdict(reported)
         if status is None:
             return Response(status_code=204)  # still ringing or in progress
-        return await applied(sid, status, error)
+        await applied(sid, status, error)
+        return Response(status_code=204)
 
     async def gather(request: Request) -> Response:
         params = await signed_form(request)
-        if params is None:
-            return PlainTextResponse("invalid signature", status_code=403)
+        if isinstance(params, Response):
+            return params
         sid, digits = params.get("CallSid", ""), params.get("Digits", "")
         response = VoiceResponse()
         if sid and digits == "1":
-            result = await run_in_threadpool(apply, sid, DeliveryStatus.ACKNOWLEDGED, None)
+            await applied(sid, DeliveryStatus.ACKNOWLEDGED, None)
             response.say(THANKS)
-            if result is None:
-                return Response(
-                    str(response), media_type="application/xml", background=BackgroundTask(settle_later, sid)
-                )
         else:
             response.say("That key was not recognised. Goodbye.")
         return Response(str(response), media_type="application/xml")
@@ -181,6 +212,7 @@ def create_app(settings: Settings, engine: Engine | None = None, broker: dramati
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         yield
+        settler.cancel_all()
         for opened in owned:
             opened.close()
 

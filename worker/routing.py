@@ -14,6 +14,10 @@ prompted them, and they are compare-and-set on the recipient's stage: a redelive
 message, a duplicate callback or two workers deciding at once move a person once and open
 a stage's deliveries once. What a decision asks to send comes back as a ``Dispatch`` for
 the caller to enqueue after the commit.
+
+One confirmation can arrive after the failure it contradicts: a call's keypress recorded
+after the call's end (``worker.statuses.overturnable``). The person then ends reached
+whatever that failure decided, and the later stages' deliveries not yet claimed are skipped.
 """
 
 from __future__ import annotations
@@ -122,13 +126,16 @@ class Router:
         dispatch = self._after(conn, event_id, results, now)
         for other, group in _by_event(moves).items():
             dispatch.extend(self._after(conn, other, group, now))
+        self._reached_after_all(conn, [m for m in moves if m.overturned], now)
         return dispatch
 
     def after_moves(self, conn: Connection, moves: Iterable[Move], now: datetime) -> Dispatch:
         """Route on statuses that came from outside a batch: callbacks, reconciliation, a letter read."""
+        moves = list(moves)
         dispatch = Dispatch()
         for event_id, group in _by_event(moves).items():
             dispatch.extend(self._after(conn, event_id, group, now))
+        self._reached_after_all(conn, [m for m in moves if m.overturned], now)
         return dispatch
 
     def settle(self, conn: Connection, event_id: str, refs: Sequence[str], now: datetime) -> Dispatch:
@@ -196,6 +203,32 @@ class Router:
         if check:
             dispatch.extend(self.settle(conn, event_id, check, now))
         return dispatch
+
+    def _reached_after_all(self, conn: Connection, moves: Sequence[Move], now: datetime) -> None:
+        """Confirmations that overturned a failure (``worker.statuses.overturnable``): whatever
+        that failure decided, the person ends reached.
+
+        ``_after`` has already marked them reached if their route was open (still on a stage,
+        or waiting for the announcement); a chain that had ended (covered, unreached) is
+        reopened as reached here, the later stages' deliveries nobody has claimed yet are
+        skipped, and the ledger says why.
+        """
+        for move in moves:
+            key = move.key
+            route = self.route_of(conn, key.event_id)
+            if route is None or move.status.value not in route.plan.confirmed_by.get(key.channel, ()):
+                continue
+            stage = f"stage {key.step + 1}"
+            ended = routes.reach_after_all(conn, key.event_id, [key.recipient_ref], key.channel, now)
+            unsent = ChannelNotUsed(f"reached by {key.channel} at {stage} before this stage was sent", code="reached")
+            skipped = ledger.skip_later_stages(conn, key, unsent)
+            why = (
+                f"{key.channel} {move.status.value} at {stage} after it had been judged failed: reached by "
+                f"{key.channel}" + (f"; {len(skipped)} later deliveries not sent" if skipped else "")
+            )
+            if ended:
+                why += "; the chain had already ended"
+            ledger.note(conn, [Note(key.event_id, key.recipient_ref, "route", key.step, RouteMark.REACHED, why)])
 
     def _settle_round(
         self, conn: Connection, route: EventRoute, refs: Sequence[str], now: datetime, dispatch: Dispatch

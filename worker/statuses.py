@@ -3,6 +3,13 @@
 A *delivery* is one (event, recipient, channel, step); a *route* is one (event, recipient)
 walking the event's routing plan. The ledger also records what routing decided, with the
 statuses in ``RouteMark``.
+
+The rule has one exception, and only one (``overturnable``): a call's keypress and the
+call's end reach ``herald serve`` as two requests that may commit in either order. A call
+that ended before its keypress was recorded is failed with ``UNCONFIRMED_CALL``; the keypress
+that follows is proof the person was reached, so ``acknowledged`` replaces that failure (and
+only that one: a late ``delivered`` never replaces ``failed``), and the person's route ends
+reached even if the failure had moved them on or ended their chain. The ledger keeps both.
 """
 
 from __future__ import annotations
@@ -61,6 +68,21 @@ def statuses_before(new: DeliveryStatus) -> list[DeliveryStatus]:
     return [old for old in DeliveryStatus if can_move(old, new)]
 
 
+#: The error code of a call that ended (``completed``) with no keypress recorded yet.
+UNCONFIRMED_CALL = "no-confirmation"
+
+
+def overturnable(new: DeliveryStatus) -> tuple[DeliveryStatus, str] | None:
+    """The (status, error code) that ``new`` replaces against the forward-only rule, if any.
+
+    Only a keypress (acknowledged) replaces a call failed as unconfirmed: the call's end may
+    commit before the keypress that came first (see the module docstring).
+    """
+    if new is DeliveryStatus.ACKNOWLEDGED:
+        return DeliveryStatus.FAILED, UNCONFIRMED_CALL
+    return None
+
+
 class RouteOutcome(str, Enum):
     """Where one recipient of one event stands on the routing plan."""
 
@@ -72,7 +94,7 @@ class RouteOutcome(str, Enum):
 
     @property
     def terminal(self) -> bool:
-        """Reached, covered and unreached never change again."""
+        """Reached, covered and unreached never change again (but see ``overturnable``)."""
         return self in ROUTE_TERMINAL
 
 
@@ -91,3 +113,4 @@ class RouteMark(str, Enum):
     SCHEDULED = "scheduled"  # a policy change's job is on the schedule, due when ``reason`` says
     CANCELLED = "cancelled"  # scheduled jobs cancelled: replaced by a new version, or by an operator
     RAN = "ran"  # a scheduled job did its work
+    REACHED = "reached"  # a confirmation overturned the failure that had moved the person on

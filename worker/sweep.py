@@ -12,7 +12,9 @@ runs this sweep, which finds what has stood still longer than allowed and pushes
 * messages still only ``sent`` long after the last reconciliation round should have asked
   the provider → asked once more, finally;
 * announcements with an unpublished change, and people waiting on one → published;
-* fan-outs that stopped moving → their current page is handed on again.
+* fan-outs that stopped moving → their current page is handed on again;
+* callbacks still waiting for their delivery after ``callback_retention_s`` → dropped (the
+  send they answer was never recorded, and its key was sent again under another id).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import update
 
@@ -49,6 +51,7 @@ class SweepResult:
     unconfirmed: dict[str, list[str]] = field(default_factory=dict)  # channel -> provider ids
     fanouts: list[tuple[str, str]] = field(default_factory=list)  # (event_id, cursor)
     republished: int = 0
+    dropped_callbacks: int = 0
 
     @property
     def lost(self) -> int:
@@ -113,6 +116,8 @@ def sweep(rt: Runtime) -> SweepResult:
             touch_fanout(conn, event_id)
             result.fanouts.append((event_id, cursor))
 
+    result.dropped_callbacks = _drop_stale_callbacks(rt, now - timedelta(seconds=settings.callback_retention_s))
+
     with read_only(rt.engine) as conn:
         overdue = schedules.overdue(conn, now - timedelta(seconds=max(60.0, 4 * settings.scheduler_interval_s)))
     if overdue:
@@ -129,3 +134,14 @@ def sweep(rt: Runtime) -> SweepResult:
             len(result.fanouts),
         )
     return result
+
+
+def _drop_stale_callbacks(rt: Runtime, received_before: datetime) -> int:
+    """Drop callbacks that never matched a delivery; a read first, so an idle sweep writes nothing."""
+    with read_only(rt.engine) as conn:
+        if not ledger.callbacks_received_before(conn, received_before):
+            return 0
+    with rt.engine.begin() as conn:
+        dropped = ledger.drop_stale_callbacks(conn, received_before, SWEEP_LIMIT)
+    log.warning("dead-man check: dropped %d provider callbacks that never matched a delivery", dropped)
+    return dropped

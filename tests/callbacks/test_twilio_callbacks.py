@@ -147,6 +147,15 @@ def test_a_call_that_ends_unconfirmed_counts_as_not_reached(
     with engine.connect() as conn:
         row = conn.execute(select(deliveries).where(deliveries.c.provider_message_id == "CA2")).one()
     assert (row.status, row.error_code) == ("failed", code)
-    # A keypress arriving after the call was already judged does not change the verdict.
     post(server, "/twilio/gather", {"CallSid": "CA2", "Digits": "1"})
-    assert state(engine, "CA2")[0] == "failed"
+    # A keypress recorded after the call's end overturns "completed, unconfirmed" (its request
+    # lost the race); a call that was never answered stays failed whatever arrives later.
+    assert state(engine, "CA2")[0] == ("acknowledged" if call_status == "completed" else "failed")
+
+
+def test_a_late_delivered_never_overturns_a_failed_sms(engine: Engine, server: tuple[ServerThread, Settings]) -> None:
+    sent(engine, "sms", "SM6")
+    post(server, "/twilio/status", {"MessageSid": "SM6", "MessageStatus": "undelivered", "ErrorCode": "30003"})
+    before = state(engine, "SM6")
+    assert post(server, "/twilio/status", {"MessageSid": "SM6", "MessageStatus": "delivered"}).status_code == 204
+    assert state(engine, "SM6") == before == ("failed", before[1])

@@ -21,10 +21,19 @@ from support import people
 from channels.base import DeliveryKey, Receipt
 from worker.errors import PermanentDeliveryError, TransientDeliveryError
 from worker.events import RecipientIn
-from worker.statuses import TERMINAL, DeliveryStatus, can_move, statuses_before
+from worker.statuses import TERMINAL, UNCONFIRMED_CALL, DeliveryStatus, can_move, overturnable, statuses_before
 from worker.store.engine import make_engine
 from worker.store.inbox import deliver_letters, inbox, letter_count, mark_read, unread_count
-from worker.store.ledger import claim, exhaust, open_deliveries, outcome_counts, record, unfinished_count
+from worker.store.ledger import (
+    Move,
+    apply_status,
+    claim,
+    exhaust,
+    open_deliveries,
+    outcome_counts,
+    record,
+    unfinished_count,
+)
 from worker.store.recipients import ensure_users, import_csv, load, page_all, refs_for, upsert_people
 from worker.store.schema import deliveries, ledger, recipients
 
@@ -158,6 +167,41 @@ def test_the_database_applies_exactly_the_moves_can_move_allows(engine: Engine) 
         if now[ref] != (new.value if new in ALLOWED[old] else old.value)
     }
     assert wrong == {}
+
+
+@pytest.mark.parametrize("new", list(DeliveryStatus))
+def test_only_a_keypress_overturns_anything_and_only_an_unconfirmed_call(new: DeliveryStatus) -> None:
+    assert overturnable(new) == ((S.FAILED, UNCONFIRMED_CALL) if new is S.ACKNOWLEDGED else None)
+
+
+@pytest.mark.parametrize(
+    ("old", "code", "new", "expected"),
+    [
+        (S.FAILED, UNCONFIRMED_CALL, S.ACKNOWLEDGED, "acknowledged"),  # the keypress lost the race
+        (S.FAILED, "no-answer", S.ACKNOWLEDGED, "failed"),
+        (S.FAILED, "30003", S.ACKNOWLEDGED, "failed"),
+        (S.FAILED, UNCONFIRMED_CALL, S.DELIVERED, "failed"),
+        (S.FAILED, "30003", S.DELIVERED, "failed"),  # a late delivered never replaces failed
+        (S.SKIPPED, UNCONFIRMED_CALL, S.ACKNOWLEDGED, "skipped"),
+    ],
+)
+def test_a_callback_overturns_exactly_an_unconfirmed_call(
+    engine: Engine, old: DeliveryStatus, code: str, new: DeliveryStatus, expected: str
+) -> None:
+    with engine.begin() as conn:
+        open_deliveries(conn, EVENT, "phone", ["a"])
+        conn.execute(update(deliveries).values(status=old.value, error_code=code, provider_message_id="CAx"))
+    with engine.begin() as conn:
+        moved = apply_status(conn, "CAx", new, None)
+    with engine.connect() as conn:
+        row = delivery(conn, "a", "phone")
+        rows = ledger_rows(conn, "a")
+    assert row.status == expected
+    if expected == new.value:
+        assert isinstance(moved, Move) and moved.overturned
+        assert row.error_code is None and [r.status for r in rows] == [new.value]
+    else:
+        assert moved is False and rows == []
 
 
 # --------------------------------------------------------------------------- open_deliveries

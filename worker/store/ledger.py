@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, delete, func, or_, select, text, update
 
 from channels.base import DeliveryKey, Receipt
 from worker.clock import utcnow
 from worker.errors import DeliveryError, PermanentDeliveryError
-from worker.statuses import TERMINAL, DeliveryStatus, RouteMark, statuses_before
+from worker.statuses import TERMINAL, DeliveryStatus, RouteMark, overturnable, statuses_before
 from worker.store.dialect import insert_ignoring_conflicts, insert_returning_new
 from worker.store.schema import deliveries, ledger, provider_callbacks
 
@@ -268,10 +268,15 @@ def failure_reasons(conn: Connection, event_id: str) -> list[tuple[str, str, int
 
 @dataclass(frozen=True, slots=True)
 class Move:
-    """A delivery that moved to ``status`` outside a batch (a callback, a reconciliation)."""
+    """A delivery that moved to ``status`` outside a batch (a callback, a reconciliation).
+
+    ``overturned``: it replaced a failure, the one exception to forward-only
+    (``worker.statuses.overturnable``); routing then undoes what that failure decided.
+    """
 
     key: DeliveryKey
     status: DeliveryStatus
+    overturned: bool = False
 
 
 def apply_status(
@@ -280,20 +285,26 @@ def apply_status(
     """Move the delivery with this provider id forward.
 
     Returns the ``Move`` when it moved, False when the status changed nothing (late or
-    duplicate), None when no delivery has that id yet.
+    duplicate), None when no delivery has that id yet. A keypress replaces a call failed as
+    unconfirmed (``overturnable``); the row is locked first, so ``overturned`` is exact.
     """
     row = conn.execute(
-        select(deliveries).where(deliveries.c.provider_message_id == provider_message_id).limit(1)
+        select(deliveries).where(deliveries.c.provider_message_id == provider_message_id).limit(1).with_for_update()
     ).one_or_none()
     if row is None:
         return None
     allowed = statuses_before(status)
-    if not allowed:
+    guard: ColumnElement[bool] = deliveries.c.status.in_([s.value for s in allowed])
+    replaces = overturnable(status)
+    overturned = replaces is not None and (row.status, row.error_code) == (replaces[0].value, replaces[1])
+    if overturned:
+        guard = and_(deliveries.c.status == row.status, deliveries.c.error_code == row.error_code)
+    elif not allowed:
         return False
     now = utcnow()
     moved = conn.execute(
         update(deliveries)
-        .where(deliveries.c.id == row.id, deliveries.c.status.in_([s.value for s in allowed]))
+        .where(deliveries.c.id == row.id, guard)
         .values(
             status=status.value,
             error_class=error.kind if error else None,
@@ -323,63 +334,84 @@ def apply_status(
             recorded_at=now,
         )
     )
-    return Move(DeliveryKey(row.event_id, row.recipient_ref, row.channel, row.step), status)
+    return Move(DeliveryKey(row.event_id, row.recipient_ref, row.channel, row.step), status, overturned)
 
 
 def receive_provider_status(
     conn: Connection, provider_message_id: str, status: DeliveryStatus, error: DeliveryError | None = None
 ) -> Move | bool | None:
-    """Store a provider's status callback, then apply it if its delivery is already recorded.
+    """Apply a provider's status callback, or keep it until its delivery is recorded.
 
-    The callback row is kept whatever happens: a provider may call back before the worker
-    has written the message id it was given (the batch is still being sent). Such a callback
-    stays pending and ``apply_pending_callbacks`` applies it once the id is recorded.
-    Returns the ``Move`` if the delivery moved, False if the callback changed nothing (late
-    or duplicate), None if it is pending.
+    A provider may call back before the worker has written the message id it was given (the
+    batch is still being sent). Only such a callback is stored, once per (id, status): a
+    replay adds nothing. ``apply_pending_callbacks`` applies and deletes it once the id is
+    recorded. Returns the ``Move`` if the delivery moved, False if the callback changed
+    nothing (late or duplicate), None if it is waiting.
     """
-    callback_id = conn.execute(
-        provider_callbacks.insert()
-        .values(
-            provider_message_id=provider_message_id,
-            status=status.value,
-            error_class=error.kind if error else None,
-            error_code=error.code if error else None,
-            reason=error.message if error else None,
-            received_at=utcnow(),
-        )
-        .returning(provider_callbacks.c.id)
-    ).scalar_one()
     result = apply_status(conn, provider_message_id, status, error)
-    if result is not None:
-        conn.execute(
-            update(provider_callbacks).where(provider_callbacks.c.id == callback_id).values(applied_at=utcnow())
-        )
+    if result is None:
+        row = {
+            "provider_message_id": provider_message_id,
+            "status": status.value,
+            "error_class": error.kind if error else None,
+            "error_code": error.code if error else None,
+            "reason": error.message if error else None,
+            "received_at": utcnow(),
+        }
+        insert_ignoring_conflicts(conn, provider_callbacks, [row], "provider_message_id", "status")
     return result
 
 
 def apply_pending_callbacks(conn: Connection, provider_message_ids: Iterable[str]) -> list[Move]:
-    """Apply, in arrival order, callbacks that came before their delivery's id was recorded."""
+    """Apply, in arrival order, callbacks that came before their delivery's id was recorded.
+
+    Each one that applies (moved the delivery or changed nothing) is deleted.
+    """
     ids = [pmid for pmid in provider_message_ids if pmid]
     if not ids:
         return []
     pending = conn.execute(
         select(provider_callbacks)
-        .where(provider_callbacks.c.provider_message_id.in_(ids), provider_callbacks.c.applied_at.is_(None))
+        .where(provider_callbacks.c.provider_message_id.in_(ids))
         .order_by(provider_callbacks.c.id)
     ).all()
     moves: list[Move] = []
+    applied: list[int] = []
     for row in pending:
         error = None
         if row.error_class is not None:
             error = PermanentDeliveryError(row.reason or "", code=row.error_code)
         result = apply_status(conn, row.provider_message_id, DeliveryStatus(row.status), error)
         if result is not None:
-            conn.execute(
-                update(provider_callbacks).where(provider_callbacks.c.id == row.id).values(applied_at=utcnow())
-            )
+            applied.append(row.id)
         if isinstance(result, Move):
             moves.append(result)
+    if applied:
+        conn.execute(delete(provider_callbacks).where(provider_callbacks.c.id.in_(applied)))
     return moves
+
+
+def callbacks_received_before(conn: Connection, received_before: datetime) -> bool:
+    """Whether any waiting callback was received before ``received_before``."""
+    stmt = select(provider_callbacks.c.id).where(provider_callbacks.c.received_at < received_before)
+    return conn.execute(stmt.limit(1)).first() is not None
+
+
+def drop_stale_callbacks(conn: Connection, received_before: datetime, limit: int) -> int:
+    """Delete waiting callbacks received before ``received_before``: their delivery never came.
+
+    Such a callback answers a send whose provider id was never recorded (a worker died
+    between the provider's answer and the record; the key was sent again under a new id).
+    """
+    stale = [
+        callback_id
+        for (callback_id,) in conn.execute(
+            select(provider_callbacks.c.id).where(provider_callbacks.c.received_at < received_before).limit(limit)
+        )
+    ]
+    if stale:
+        conn.execute(delete(provider_callbacks).where(provider_callbacks.c.id.in_(stale)))
+    return len(stale)
 
 
 def acknowledge(conn: Connection, event_id: str, ref: str, channel: str, why: str) -> Move | None:
@@ -413,6 +445,56 @@ def acknowledge(conn: Connection, event_id: str, ref: str, channel: str, why: st
         )
     )
     return Move(DeliveryKey(event_id, ref, channel, row.step), DeliveryStatus.ACKNOWLEDGED)
+
+
+def skip_later_stages(conn: Connection, key: DeliveryKey, error: DeliveryError) -> list[DeliveryKey]:
+    """Skip the recipient's deliveries of stages after ``key.step`` that nobody has claimed yet.
+
+    For a person a late confirmation reached after all: what the overturned failure opened
+    need not be sent. Deliveries already claimed or sent are left as they are.
+    """
+    now = utcnow()
+    skipped = conn.execute(
+        update(deliveries)
+        .where(
+            deliveries.c.event_id == key.event_id,
+            deliveries.c.recipient_ref == key.recipient_ref,
+            deliveries.c.step > key.step,
+            deliveries.c.status == DeliveryStatus.PENDING.value,
+        )
+        .values(
+            status=DeliveryStatus.SKIPPED.value,
+            error_class=error.kind,
+            error_code=error.code,
+            reason=error.message,
+            updated_at=now,
+        )
+        .returning(deliveries.c.channel, deliveries.c.step, deliveries.c.attempts)
+    ).all()
+    if skipped:
+        conn.execute(
+            ledger.insert(),
+            [
+                {
+                    "event_id": key.event_id,
+                    "recipient_ref": key.recipient_ref,
+                    "channel": channel,
+                    "step": step,
+                    "attempt": attempts,
+                    "status": DeliveryStatus.SKIPPED.value,
+                    "provider_message_id": None,
+                    "error_class": error.kind,
+                    "error_code": error.code,
+                    "reason": error.message,
+                    "tries": 0,
+                    "segments": None,
+                    "provider": None,
+                    "recorded_at": now,
+                }
+                for channel, step, attempts in skipped
+            ],
+        )
+    return [DeliveryKey(key.event_id, key.recipient_ref, channel, step) for channel, step, _ in skipped]
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,12 +644,16 @@ def touch(conn: Connection, event_id: str, channel: str, step: int, refs: Sequen
     )
 
 
-def pending_callback_count(conn: Connection, provider_message_id: str) -> int:
-    """How many callbacks for this provider id still wait for their delivery to be recorded."""
-    stmt = select(func.count()).where(
-        provider_callbacks.c.provider_message_id == provider_message_id, provider_callbacks.c.applied_at.is_(None)
-    )
-    return int(conn.execute(stmt).scalar_one())
+def callbacks_waiting(conn: Connection, provider_message_id: str) -> bool:
+    """Whether callbacks for this provider id still wait for their delivery to be recorded."""
+    stmt = select(provider_callbacks.c.id).where(provider_callbacks.c.provider_message_id == provider_message_id)
+    return conn.execute(stmt.limit(1)).first() is not None
+
+
+def is_recorded(conn: Connection, provider_message_id: str) -> bool:
+    """Whether a delivery with this provider id has been recorded."""
+    stmt = select(deliveries.c.id).where(deliveries.c.provider_message_id == provider_message_id)
+    return conn.execute(stmt.limit(1)).first() is not None
 
 
 def awaiting_verdict(conn: Connection, provider_message_ids: Sequence[str]) -> list[str]:

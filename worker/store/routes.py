@@ -148,6 +148,25 @@ def mark_reached(conn: Connection, event_id: str, refs: Sequence[str], channel: 
     )
 
 
+def reach_after_all(conn: Connection, event_id: str, refs: Sequence[str], channel: str, now: datetime) -> list[str]:
+    """Recipients whose chain had ended (covered, unreached) when a confirmation overturned
+    the failure that ended it (``worker.statuses.overturnable``): now reached; returns them."""
+    if not refs:
+        return []
+    _lock(conn, event_id, refs)
+    stmt = (
+        update(routes)
+        .where(
+            routes.c.event_id == event_id,
+            routes.c.recipient_ref.in_(list(refs)),
+            routes.c.outcome.in_([RouteOutcome.COVERED.value, RouteOutcome.UNREACHED.value]),
+        )
+        .values(outcome=RouteOutcome.REACHED.value, reached_channel=channel, wait_until=None, updated_at=now)
+        .returning(routes.c.recipient_ref)
+    )
+    return [ref for (ref,) in conn.execute(stmt)]
+
+
 def advance(
     conn: Connection, event_id: str, refs: Sequence[str], from_stage: int, wait_until: datetime, now: datetime
 ) -> list[str]:

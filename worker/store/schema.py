@@ -177,17 +177,20 @@ letters = Table(
     UniqueConstraint("event_id", "recipient_ref", name="uq_letters_event_recipient"),
 )
 
+# Callbacks whose delivery is not recorded yet, one per (provider id, status): a replay adds
+# nothing, a row is deleted when it is applied, and the dead-man check drops the ones that
+# never match (``HERALD_CALLBACK_RETENTION_S``).
 provider_callbacks = Table(
     "provider_callbacks",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("provider_message_id", String(255), nullable=False, index=True),
+    Column("provider_message_id", String(255), nullable=False),
     Column("status", String(16), nullable=False),
     Column("error_class", String(64), nullable=True),
     Column("error_code", String(32), nullable=True),
     Column("reason", Text, nullable=True),
     Column("received_at", DateTime(timezone=True), nullable=False),
-    Column("applied_at", DateTime(timezone=True), nullable=True),  # null: its delivery is not recorded yet
+    UniqueConstraint("provider_message_id", "status", name="uq_provider_callbacks_sid_status"),
 )
 
 # One row per (event, recipient): where that person stands on the event's routing plan.
