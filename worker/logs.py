@@ -7,16 +7,8 @@ defence for the cases nobody foresaw (a vendor's error text echoing an address, 
 from __future__ import annotations
 
 import logging
-import re
 
-_EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
-_PHONE = re.compile(r"(?<![\w+])(\+\d{1,3})[\d\s().-]{5,}(\d{2})(?!\w)")
-
-
-def redact(text: str) -> str:
-    """Mask anything that looks like an email address or a phone number."""
-    text = _EMAIL.sub(r"\1***@\2", text)
-    return _PHONE.sub(r"\1******\2", text)
+from worker.redact import redact
 
 
 class RedactingFilter(logging.Filter):

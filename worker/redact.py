@@ -1,19 +1,49 @@
 """Masking personal data before it reaches a log, an error message or a console line.
 
-Logs never contain full email addresses or phone numbers; these helpers keep just enough
-to tell two values apart while debugging (first letter and domain; country code and last
-two digits). They accept anything, including malformed input, and never raise.
+Logs never contain full email addresses, phone numbers or the names written with an
+address; these helpers keep just enough to tell two values apart while debugging (first
+letter and domain; country code and last two digits). They accept anything, including
+malformed input, and never raise. This module is the one place the patterns live.
+
+Phone numbers in free text follow one rule: 7 to 15 digits, bare (``13812345678``) or in
+groups joined by single separators (``(415) 555-0123``, ``+44 20 7946 0958``), not part of
+a word, an id, a path or a decimal number. Dates, times, IPv4 addresses and decimals are
+matched first and kept, and so are counts with thousands separators (``2,000``).
 """
 
 from __future__ import annotations
 
 import re
 
-import phonenumbers
+from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
-#: Something that looks like an email address inside free text (e.g. an SMTP reply).
-_EMAIL_IN_TEXT = re.compile(r"[^\s<>()\[\],;:\"'@]+@[^\s<>()\[\],;:\"'@]+")
 _MASK = "***"
+
+# --- email addresses, with the display name written before one -------------------------
+_ADDR_CHARS = r"[^\s<>()\[\],;:\"'@]"
+#: An address inside free text, any script: ``alice@example.com``, ``用户@例子.中国``.
+_ADDRESS = rf'(?:"[^"\r\n]{{1,64}}"|(?<!{_ADDR_CHARS}){_ADDR_CHARS}+)@{_ADDR_CHARS}+'
+_EMAIL_IN_TEXT = re.compile(_ADDRESS)
+#: ``Ann Smith <ann@…>`` or ``"Smith, Ann" <ann@…>``: up to four words, or a quoted phrase.
+_NAME_WORD = r"[^\W\d_][\w.'\-]*"
+_NAME = rf'"[^"\r\n]{{1,200}}"|(?<![\w.\'\-])(?:{_NAME_WORD}[ \t]+){{0,3}}{_NAME_WORD}'
+_NAMED_ADDRESS = re.compile(rf"(?P<name>{_NAME})[ \t]*<(?P<address>{_ADDRESS})>")
+
+# --- phone numbers, and the number-like things that are not ----------------------------
+_KEPT = (
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?"  # ISO date/time
+    r"|\d{4}/\d{1,2}/\d{1,2}|\d{1,2}[./]\d{1,2}[./]\d{2,4}(?![\d.])"  # other dates
+    r"|\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?"  # IPv4, with a port
+    r"|\d+\.\d+(?!\.?\d)"  # a decimal number
+)
+#: One group joiner (``-``, ``.``, ``/``, a space, a parenthesis), after a group of at most
+#: five digits: a longer run ends the number, so two numbers in a row stay two numbers.
+_JOINER = r"(?<!\d{6})(?:\)[ .\-]?\(?|[ .\-/]\(?|\()"
+_NUMBERS = re.compile(
+    rf"(?<![\w+.,/\-])(?:(?P<kept>{_KEPT})|(?P<phone>(?:\+|\()?\d+(?:{_JOINER}\d+)*\)?))"
+    r"(?![\w+\-]|[.,:/]\d)"
+)
+_MIN_DIGITS, _MAX_DIGITS = 7, 15
 
 
 def mask_email(value: str | None) -> str:
@@ -34,13 +64,7 @@ def mask_phone(value: str | None) -> str:
     digits = "".join(ch for ch in value if ch.isdigit())
     if len(digits) <= 2:
         return _MASK
-    country = ""
-    try:
-        number = phonenumbers.parse(value.strip(), None)
-    except phonenumbers.NumberParseException:
-        number = None
-    if number is not None and number.country_code and digits.startswith(str(number.country_code)):
-        country = str(number.country_code)
+    country = _country_code(digits) if value.strip().startswith("+") else ""
     rest = digits[len(country) :]
     hidden = max(len(rest) - 2, 1)
     prefix = f"+{country}" if country else ""
@@ -49,7 +73,60 @@ def mask_phone(value: str | None) -> str:
 
 def mask_emails_in(text: str) -> str:
     """Every email address inside free text masked, e.g. a server reply that echoes one."""
+    if "@" not in text:
+        return text
+    if "<" in text:
+        text = _NAMED_ADDRESS.sub(_mask_named_address, text)
     return _EMAIL_IN_TEXT.sub(lambda match: mask_email(match.group(0)), text)
+
+
+def mask_phones_in(text: str) -> str:
+    """Every phone number inside free text masked, in international or national format."""
+    return _NUMBERS.sub(_mask_number, text)
+
+
+def redact(text: str) -> str:
+    """Free text with every email address, display name and phone number masked (for logs)."""
+    return mask_phones_in(mask_emails_in(text))
+
+
+def _mask_named_address(match: re.Match[str]) -> str:
+    name, address = match.group("name"), match.group("address")
+    if name.startswith('"'):
+        shown = f'"{name[1:2]}{_MASK}"'
+    else:
+        words = name.split()
+        kept = len(words)
+        while kept > 0 and _looks_like_a_name(words[kept - 1]):
+            kept -= 1
+        if kept == len(words):
+            return f"{name} <{mask_email(address)}>"
+        lead = name[: name.index(words[kept])] if kept else ""
+        shown = f"{lead}{words[kept][0]}{_MASK}"
+    return f"{shown} <{mask_email(address)}>"
+
+
+def _looks_like_a_name(word: str) -> bool:
+    # Capitalised (Ann, O'Neil) or in a script without case (张三); "to" or "send" are not.
+    return not word[0].islower()
+
+
+def _mask_number(match: re.Match[str]) -> str:
+    found = match.group(0)
+    if match.group("kept") is not None:
+        return found
+    digits = sum(ch.isdigit() for ch in found)
+    if not _MIN_DIGITS <= digits <= _MAX_DIGITS:
+        return found
+    return mask_phone(found)
+
+
+def _country_code(digits: str) -> str:
+    # Calling codes are prefix-free (ITU E.164), so the first known prefix is the code.
+    for length in (1, 2, 3):
+        if int(digits[:length]) in COUNTRY_CODE_TO_REGION_CODE:
+            return digits[:length]
+    return ""
 
 
 def _strip_controls(text: str) -> str:
