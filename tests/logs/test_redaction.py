@@ -7,7 +7,9 @@ are tested where they act.
 from __future__ import annotations
 
 import logging
+import sys
 
+import dramatiq
 import pytest
 
 from worker.logs import RedactingFilter
@@ -83,3 +85,30 @@ def test_ids_times_and_counts_are_kept(text: str) -> None:
 def test_masking_is_idempotent() -> None:
     once = logged("To: Ann Smith <ann@example.com>, +8613812345678, 13812345678")
     assert logged(once) == once
+
+
+def test_exceptions_stacks_and_dramatiq_messages_are_rewritten_too() -> None:
+    message = dramatiq.Message(
+        queue_name="herald.ingest", actor_name="ingest", args=('{"email": "ann@example.com"}',), kwargs={}, options={}
+    )
+    try:
+        raise KeyError("ann.smith@example.com +8613812345678")
+    except KeyError:
+        failed = "Failed to process message %s."
+        record = logging.LogRecord("dramatiq.worker.WorkerThread", logging.ERROR, __file__, 1, failed, (message,), None)
+        record.exc_info = sys.exc_info()
+    record.stack_info = "Stack (most recent call last):\n  sending to 13812345678"
+    received = logging.LogRecord(
+        "dramatiq.actor.Actor", logging.DEBUG, __file__, 1, "Received args=%r kwargs=%r.", (("payload",), {}), None
+    )
+    broken = logging.LogRecord("herald.x", logging.INFO, __file__, 1, "%s and %s", ("ann@example.com",), None)
+    for each in (record, received, broken):
+        assert RedactingFilter().filter(each)
+
+    written = logging.Formatter().format(record)
+    assert f"Failed to process message ingest[{message.message_id}]." in written
+    assert "KeyError: 'a***@example.com +86*********78'" in written
+    assert "sending to *********78" in written
+    assert "ann" not in written and "13812345678" not in written
+    assert logging.Formatter().format(received) == "Received args='<1 tuple items>' kwargs='<0 dict items>'."
+    assert logging.Formatter().format(broken) == "%s and %s (arguments could not be formatted)"
