@@ -7,10 +7,12 @@ name, one default and one validation rule. Secrets are read from the environment
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -135,6 +137,14 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """What repr() and str() show: URLs without their passwords or query values (tokens)."""
+        for name, value in super().__repr_args__():
+            if isinstance(value, str) and "://" in value:
+                # A webhook's path is often its secret (https://hooks.example.com/services/T0/B0/secret).
+                value = masked_url(value, keep_path=name != "announcement_webhook_url")
+            yield name, value
+
     def as_env(self) -> dict[str, str]:
         """These settings as environment variables, for a herald process started from this one."""
         env: dict[str, str] = {}
@@ -183,6 +193,21 @@ class Settings(BaseSettings):
     def embedded_redis_path(self) -> Path:
         """The rdb file of the embedded Redis shared by every herald process in data_dir."""
         return (self.data_dir / "redis.rdb").resolve()
+
+
+def masked_url(url: str, *, keep_path: bool = True) -> str:
+    """``redis://:pw@host/0?token=t`` → ``redis://:***@host/0?token=***``: a URL safe to print."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = urlencode([(key, "***") for key, _ in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    path = parts.path if keep_path or parts.path in ("", "/") else "/***"
+    return urlunsplit((parts.scheme, netloc, path, query, "***" if parts.fragment else ""))
 
 
 @lru_cache(maxsize=1)
