@@ -164,6 +164,7 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
             cursor,
             page_size=settings.page_size,
             announce_all_above=runtime.policy.announce_all_above,
+            allowed_special_domains=settings.email_allowed_special_domains,
         )
         hand_on(page.dispatch)
         if finish_page(runtime.engine, event_id, cursor, page) and page.next_cursor is not None:

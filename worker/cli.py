@@ -544,7 +544,7 @@ def recipients_import(
     engine = _engine(settings)
     try:
         with engine.begin() as conn:
-            result = import_csv(conn, file)
+            result = import_csv(conn, file, allowed_special_domains=settings.email_allowed_special_domains)
     except (ValueError, UnicodeDecodeError) as exc:
         fail(str(exc), 2)
     for problem in result.problems[:20]:

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from worker.contacts import SPECIAL_USE_DOMAINS
 from worker.events import NoticeRules
 
 #: Where the repository's ``templates/`` folder sits for an editable install.
@@ -67,6 +68,9 @@ class Settings(BaseSettings):
     smtp_timeout_s: float = Field(10.0, gt=0)
     smtp_connections: int = Field(4, ge=1, le=64, description="Connections per worker thread.")
     smtp_tries: int = Field(3, ge=1, le=10, description="Tries inside one attempt (tenacity).")
+    email_allowed_special_domains: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Special-use mail domains accepted anyway, e.g. internal,local (default: none)."
+    )
 
     # --- SMS and phone (Twilio, or any Twilio-compatible endpoint) -------------------
     twilio_account_sid: str = Field("AC00000000000000000000000000000000", validation_alias="TWILIO_ACCOUNT_SID")
@@ -136,6 +140,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("email_allowed_special_domains", mode="before")
+    @classmethod
+    def _known_special_domains(cls, value: object) -> object:
+        names = value.split(",") if isinstance(value, str) else value
+        if not isinstance(names, list | tuple):
+            return value
+        cleaned = tuple(dict.fromkeys(str(n).strip().lstrip(".").lower() for n in names if str(n).strip()))
+        unknown = [n for n in cleaned if n not in SPECIAL_USE_DOMAINS]
+        if unknown:
+            raise ValueError(
+                f"HERALD_EMAIL_ALLOWED_SPECIAL_DOMAINS: {', '.join(unknown)} is not a special-use domain"
+                f" (those are {', '.join(sorted(SPECIAL_USE_DOMAINS))}); other domains need no setting"
+            )
+        return cleaned
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """What repr() and str() show: URLs without their passwords or query values (tokens)."""

@@ -9,6 +9,7 @@ redelivery) starts nobody twice and only re-enqueues batches whose keys the ledg
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, func, select
@@ -31,7 +32,9 @@ class Page:
     count: int = 0
 
 
-def _page_refs(conn: Connection, event: Event, cursor: str, page_size: int) -> tuple[list[str], str | None]:
+def _page_refs(
+    conn: Connection, event: Event, cursor: str, page_size: int, allowed_special_domains: Collection[str]
+) -> tuple[list[str], str | None]:
     """Refs of the page at ``cursor`` (people given inline are stored first), and the next cursor."""
     audience = audience_of(event)
     if isinstance(audience, AllAudience):
@@ -40,7 +43,9 @@ def _page_refs(conn: Connection, event: Event, cursor: str, page_size: int) -> t
     start = int(cursor or 0)
     end = start + page_size
     if isinstance(audience, InlineAudience):
-        mapping, _problems = recipients.upsert_people(conn, audience.recipients[start:end])
+        mapping, _problems = recipients.upsert_people(
+            conn, audience.recipients[start:end], allowed_special_domains=allowed_special_domains
+        )
         total = len(audience.recipients)
     else:
         assert isinstance(audience, UserIdsAudience)
@@ -50,7 +55,14 @@ def _page_refs(conn: Connection, event: Event, cursor: str, page_size: int) -> t
 
 
 def plan_page(
-    engine: Engine, router: Router, event: Event, cursor: str, *, page_size: int, announce_all_above: int
+    engine: Engine,
+    router: Router,
+    event: Event,
+    cursor: str,
+    *,
+    page_size: int,
+    announce_all_above: int,
+    allowed_special_domains: Collection[str] = (),
 ) -> Page:
     """Resolve one audience page and put it on the plan; the batches come back to be enqueued.
 
@@ -60,7 +72,7 @@ def plan_page(
     """
     now = utcnow()
     with engine.begin() as conn:
-        refs, next_cursor = _page_refs(conn, event, cursor, page_size)
+        refs, next_cursor = _page_refs(conn, event, cursor, page_size, allowed_special_domains)
         dispatch = router.start(conn, event.event_id, refs, now)
         if cursor == "" and isinstance(audience_of(event), AllAudience):
             route = router.route_of(conn, event.event_id)

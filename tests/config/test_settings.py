@@ -21,12 +21,14 @@ def test_settings_survive_the_trip_through_a_child_processes_environment(monkeyp
         sms_rate_per_second=3.5,
         providers={"relay-2": {"smtp_host": "mx2.example.net", "smtp_port": 2525}},
         announcement_webhook_secret="whsec",
+        email_allowed_special_domains="internal, .Local",
     )
     for key, value in original.as_env().items():
         monkeypatch.setenv(key, value)
     rebuilt = Settings()
     assert rebuilt == original
     assert rebuilt.smtp_ca_file is None  # an unset path stays unset, not the string "None"
+    assert rebuilt.email_allowed_special_domains == ("internal", "local")
 
 
 def test_twilio_credentials_use_twilios_own_variable_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,3 +82,8 @@ def test_repr_and_str_of_settings_mask_every_secret(field: str, value: str, secr
         assert shown in text
     assert getattr(settings, field) == value or field.endswith(("_password", "_secret"))  # the value itself is kept
     assert value in settings.as_env().values()  # child processes still get it
+
+
+def test_only_special_use_domains_can_be_allowed() -> None:
+    with pytest.raises(ValidationError, match="example.com is not a special-use domain"):
+        Settings(email_allowed_special_domains="internal,example.com")
