@@ -24,10 +24,13 @@ _ADDR_CHARS = r"[^\s<>()\[\],;:\"'@]"
 #: An address inside free text, any script: ``alice@example.com``, ``用户@例子.中国``.
 _ADDRESS = rf'(?:"[^"\r\n]{{1,64}}"|(?<!{_ADDR_CHARS}){_ADDR_CHARS}+)@{_ADDR_CHARS}+'
 _EMAIL_IN_TEXT = re.compile(_ADDRESS)
-#: ``Ann Smith <ann@…>`` or ``"Smith, Ann" <ann@…>``: up to four words, or a quoted phrase.
+#: An address in angle brackets; the display name before it (``Ann Smith <ann@…>``, up to
+#: four words, or ``"Smith, Ann" <ann@…>``) is looked for only where one is found.
+_BRACKETED = re.compile(rf"<({_ADDRESS})>")
 _NAME_WORD = r"[^\W\d_][\w.'\-]*"
-_NAME = rf'"[^"\r\n]{{1,200}}"|(?<![\w.\'\-])(?:{_NAME_WORD}[ \t]+){{0,3}}{_NAME_WORD}'
-_NAMED_ADDRESS = re.compile(rf"(?P<name>{_NAME})[ \t]*<(?P<address>{_ADDRESS})>")
+_TRAILING_WORDS = re.compile(rf"(?<![\w.'\-])(?:{_NAME_WORD}[ \t]+){{0,3}}{_NAME_WORD}\Z")
+_TRAILING_QUOTED = re.compile(r'"[^"\r\n]{1,200}"\Z')
+_WORD = re.compile(r"\S+")
 
 # --- phone numbers, and the number-like things that are not ----------------------------
 _KEPT = (
@@ -76,7 +79,7 @@ def mask_emails_in(text: str) -> str:
     if "@" not in text:
         return text
     if "<" in text:
-        text = _NAMED_ADDRESS.sub(_mask_named_address, text)
+        text = _mask_named_addresses(text)
     return _EMAIL_IN_TEXT.sub(lambda match: mask_email(match.group(0)), text)
 
 
@@ -90,20 +93,34 @@ def redact(text: str) -> str:
     return mask_phones_in(mask_emails_in(text))
 
 
-def _mask_named_address(match: re.Match[str]) -> str:
-    name, address = match.group("name"), match.group("address")
-    if name.startswith('"'):
-        shown = f'"{name[1:2]}{_MASK}"'
-    else:
-        words = name.split()
-        kept = len(words)
-        while kept > 0 and _looks_like_a_name(words[kept - 1]):
-            kept -= 1
-        if kept == len(words):
-            return f"{name} <{mask_email(address)}>"
-        lead = name[: name.index(words[kept])] if kept else ""
-        shown = f"{lead}{words[kept][0]}{_MASK}"
-    return f"{shown} <{mask_email(address)}>"
+def _mask_named_addresses(text: str) -> str:
+    parts: list[str] = []
+    done = 0
+    for match in _BRACKETED.finditer(text):
+        parts += [_mask_trailing_name(text[done : match.start()]), f"<{mask_email(match.group(1))}>"]
+        done = match.end()
+    return "".join(parts) + text[done:] if parts else text
+
+
+def _mask_trailing_name(head: str) -> str:
+    """``head`` with the display name it ends in (before an address) cut to its first letter."""
+    stripped = head.rstrip(" \t")
+    window = stripped[-220:]
+    quoted = _TRAILING_QUOTED.search(window)
+    if quoted is not None:
+        name = quoted.group(0)
+        return f'{stripped[: len(stripped) - len(name)]}"{name[1]}{_MASK}"{head[len(stripped) :]}'
+    found = _TRAILING_WORDS.search(window)
+    if found is None:
+        return head
+    words = list(_WORD.finditer(found.group(0)))
+    first = len(words)
+    while first > 0 and _looks_like_a_name(words[first - 1].group(0)):
+        first -= 1
+    if first == len(words):
+        return head
+    start = len(stripped) - len(found.group(0)) + words[first].start()
+    return f"{stripped[:start]}{stripped[start]}{_MASK}{head[len(stripped) :]}"
 
 
 def _looks_like_a_name(word: str) -> bool:

@@ -85,5 +85,5 @@ def test_repr_and_str_of_settings_mask_every_secret(field: str, value: str, secr
 
 
 def test_only_special_use_domains_can_be_allowed() -> None:
-    with pytest.raises(ValidationError, match="example.com is not a special-use domain"):
+    with pytest.raises(ValidationError, match=r"example\.com is not a special-use domain"):
         Settings(email_allowed_special_domains="internal,example.com")
