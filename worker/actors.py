@@ -145,6 +145,7 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
             planner=planner,
             rules=settings.notice_rules,
             unreadable=unreadable,
+            allowed_special_domains=settings.email_allowed_special_domains,
         )
         if result.outcome is IntakeOutcome.REJECTED:
             return

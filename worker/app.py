@@ -6,14 +6,17 @@ actors; a wrong setting stops the worker here, before it takes any message.
 
 from __future__ import annotations
 
-import dramatiq
-
-from worker.actors import declare_actors
-from worker.broker import build_broker
-from worker.config import get_settings
 from worker.logs import configure_logging
 
+# First, so that what the imports below log at import time goes through the one handler too.
 configure_logging()
+
+import dramatiq  # noqa: E402
+
+from worker.actors import declare_actors  # noqa: E402
+from worker.broker import build_broker  # noqa: E402
+from worker.config import get_settings  # noqa: E402
+
 settings = get_settings()
 broker = build_broker(settings)
 dramatiq.set_broker(broker)

@@ -7,6 +7,7 @@ Exit codes: 0 done; 1 an operational failure (broker or database unreachable, a 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from datetime import UTC
@@ -548,7 +549,7 @@ def recipients_import(
     engine = _engine(settings)
     try:
         with engine.begin() as conn:
-            result = import_csv(conn, file)
+            result = import_csv(conn, file, allowed_special_domains=settings.email_allowed_special_domains)
     except (ValueError, UnicodeDecodeError) as exc:
         fail(str(exc), 2)
     for problem in result.problems[:20]:
@@ -624,13 +625,16 @@ def serve(
     import uvicorn
 
     from worker.http import create_app
+    from worker.logs import configure_logging
 
     settings = _settings()
     engine = _engine(settings)
+    configure_logging()
     uvicorn.run(
         create_app(settings, engine),
         host=host or settings.http_host,
         port=port or settings.http_port,
+        log_config=None,  # uvicorn's records go through herald's one redacting handler
         log_level="info",
         access_log=False,
     )
@@ -675,6 +679,9 @@ def sandbox(
 
 def main() -> None:
     """Console-script entry point: a wiring error anywhere is one line and exit 2."""
+    from worker.logs import configure_logging
+
+    configure_logging(logging.WARNING)  # commands that run a service raise it to INFO
     try:
         app()
     except ConfigurationError as exc:

@@ -7,14 +7,17 @@ name, one default and one validation rule. Secrets are read from the environment
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from worker.contacts import SPECIAL_USE_DOMAINS
 from worker.events import NoticeRules
 
 #: Where the repository's ``templates/`` folder sits for an editable install.
@@ -65,6 +68,9 @@ class Settings(BaseSettings):
     smtp_timeout_s: float = Field(10.0, gt=0)
     smtp_connections: int = Field(4, ge=1, le=64, description="Connections per worker thread.")
     smtp_tries: int = Field(3, ge=1, le=10, description="Tries inside one attempt (tenacity).")
+    email_allowed_special_domains: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Special-use mail domains accepted anyway, e.g. internal,local (default: none)."
+    )
 
     # --- SMS and phone (Twilio, or any Twilio-compatible endpoint) -------------------
     twilio_account_sid: str = Field("AC00000000000000000000000000000000", validation_alias="TWILIO_ACCOUNT_SID")
@@ -141,6 +147,29 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    @field_validator("email_allowed_special_domains", mode="before")
+    @classmethod
+    def _known_special_domains(cls, value: object) -> object:
+        names = value.split(",") if isinstance(value, str) else value
+        if not isinstance(names, list | tuple):
+            return value
+        cleaned = tuple(dict.fromkeys(str(n).strip().lstrip(".").lower() for n in names if str(n).strip()))
+        unknown = [n for n in cleaned if n not in SPECIAL_USE_DOMAINS]
+        if unknown:
+            raise ValueError(
+                f"HERALD_EMAIL_ALLOWED_SPECIAL_DOMAINS: {', '.join(unknown)} is not a special-use domain"
+                f" (those are {', '.join(sorted(SPECIAL_USE_DOMAINS))}); other domains need no setting"
+            )
+        return cleaned
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """What repr() and str() show: URLs without their passwords or query values (tokens)."""
+        for name, value in super().__repr_args__():
+            if isinstance(value, str) and "://" in value:
+                # A webhook's path is often its secret (https://hooks.example.com/services/T0/B0/secret).
+                value = masked_url(value, keep_path=name != "announcement_webhook_url")
+            yield name, value
+
     def as_env(self) -> dict[str, str]:
         """These settings as environment variables, for a herald process started from this one."""
         env: dict[str, str] = {}
@@ -189,6 +218,21 @@ class Settings(BaseSettings):
     def embedded_redis_path(self) -> Path:
         """The rdb file of the embedded Redis shared by every herald process in data_dir."""
         return (self.data_dir / "redis.rdb").resolve()
+
+
+def masked_url(url: str, *, keep_path: bool = True) -> str:
+    """``redis://:pw@host/0?token=t`` → ``redis://:***@host/0?token=***``: a URL safe to print."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = urlencode([(key, "***") for key, _ in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    path = parts.path if keep_path or parts.path in ("", "/") else "/***"
+    return urlunsplit((parts.scheme, netloc, path, query, "***" if parts.fragment else ""))
 
 
 @lru_cache(maxsize=1)

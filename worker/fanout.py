@@ -51,7 +51,13 @@ def _page_refs(conn: Connection, event: Event, cursor: str, page_size: int) -> t
 
 
 def plan_page(
-    engine: Engine, router: Router, event: Event, cursor: str, *, page_size: int, announce_all_above: int
+    engine: Engine,
+    router: Router,
+    event: Event,
+    cursor: str,
+    *,
+    page_size: int,
+    announce_all_above: int,
 ) -> Page:
     """Resolve one audience page and put it on the plan; the batches come back to be enqueued.
 

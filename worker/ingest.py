@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +36,7 @@ from worker.events import (
     validate_event,
     without_contacts,
 )
-from worker.logs import redact
-from worker.redact import mask_email, mask_phone
+from worker.redact import mask_email, mask_phone, redact
 from worker.scheduling import Scheduled
 from worker.store import announcements, event_contacts, recipients
 from worker.store.event_contacts import GivenContact
@@ -100,11 +99,14 @@ def ingest(
     planner: Callable[[Event], str] | None = None,
     rules: NoticeRules | None = None,
     unreadable: str | None = None,
+    allowed_special_domains: Collection[str] = (),
 ) -> IngestResult:
     """Judge and store one event with its routing plan (``planner``); never raises for bad input.
 
-    ``unreadable`` says why the queue message that carried ``payload`` could not be run
-    (``worker.queue_encoding``): the payload is then the raw message, refused with that reason.
+    ``allowed_special_domains`` are special-use mail domains accepted in inline contacts
+    (``worker.contacts.check_email``). ``unreadable`` says why the queue message that carried
+    ``payload`` could not be run (``worker.queue_encoding``): the payload is then the raw
+    message, refused with that reason.
 
     A policy change is checked against the lead-time ``rules`` (default: the promised week,
     nothing for minor changes) and put on the schedule instead of being sent at once. A
@@ -119,7 +121,15 @@ def ingest(
     try:
         if unreadable is not None:
             raise InvalidEvent(f"the queue message could not be run: {unreadable}")
-        return _admit(engine, payload, judging, max_bytes=max_bytes, planner=planner, rules=rules)
+        return _admit(
+            engine,
+            payload,
+            judging,
+            max_bytes=max_bytes,
+            planner=planner,
+            rules=rules,
+            allowed_special_domains=allowed_special_domains,
+        )
     except InvalidEvent as exc:
         outcome = IntakeOutcome.CONFLICT if isinstance(exc, EventConflict) else IntakeOutcome.REJECTED
         reason, event_id = exc.reason, exc.event_id
@@ -145,6 +155,7 @@ def _admit(
     max_bytes: int,
     planner: Callable[[Event], str] | None,
     rules: NoticeRules | None,
+    allowed_special_domains: Collection[str],
 ) -> IngestResult:
     """Judge and store an event that may be refused (``InvalidEvent``) at any step."""
     size = _size(payload)
@@ -153,7 +164,7 @@ def _admit(
     plan = planner(event) if planner is not None else None
     digest = body_digest(obj)
     body = without_contacts(event, obj)
-    given = _given_contacts(event)  # checked before the write transaction: it is the slow part
+    given = _given_contacts(event, allowed_special_domains)  # checked before the write transaction: it is the slow part
     now = (rules.now if rules is not None else None) or utcnow()
     republish: str | None = None
     scheduled: Scheduled | None = None
@@ -186,7 +197,7 @@ def _admit(
     return IngestResult(outcome, event.event_id, fanout_from=cursor, republish=republish, scheduled=scheduled)
 
 
-def _given_contacts(event: Event) -> dict[str, GivenContact]:
+def _given_contacts(event: Event, allowed_special_domains: Collection[str]) -> dict[str, GivenContact]:
     """What the event says about each person it lists inline (by user_id), contacts checked.
 
     A person listed twice keeps the last listing, as a stored record would.
@@ -194,7 +205,7 @@ def _given_contacts(event: Event) -> dict[str, GivenContact]:
     given: dict[str, GivenContact] = {}
     for person in inline_people(event):
         said = person.model_fields_set
-        email = check_email(person.email) if person.email else None
+        email = check_email(person.email, allowed_special_domains=allowed_special_domains) if person.email else None
         phone = check_phone(person.phone) if person.phone else None
         given[person.user_id] = GivenContact(
             name=person.name if "name" in said else None,

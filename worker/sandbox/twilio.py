@@ -1360,6 +1360,7 @@ def run_sandbox(
 def main(argv: list[str] | None = None) -> int:
     """``python -m worker.sandbox.twilio``: the SMTP sink and the Twilio sandbox together."""
     from worker.config import get_settings
+    from worker.logs import configure_logging
 
     settings = get_settings()
     parser = argparse.ArgumentParser(prog="python -m worker.sandbox.twilio", description=__doc__.split("\n\n")[0])
@@ -1370,7 +1371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--auth-token", default=settings.twilio_auth_token.get_secret_value())
     parser.add_argument("--faults", default=None, metavar="JSON", help='e.g. \'{"rate_429": 0.1, "seed": 7}\'')
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.WARNING)
     try:
         faults = json.loads(args.faults) if args.faults else None
         if faults is not None and not isinstance(faults, dict):

@@ -31,6 +31,9 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 def make_engine(url: str) -> Engine:
     """Create an engine for ``url`` with the settings herald relies on.
 
+    A statement's parameters (an event's body, a person's contacts) never appear in the text
+    of a database error, which ends up in logs.
+
     Raises:
         ConfigurationError: the URL cannot be parsed or names no installed driver.
     """
@@ -41,11 +44,11 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed, connect_args={"timeout": 60}, pool_size=8, max_overflow=8)
+        engine = create_engine(parsed, connect_args={"timeout": 60}, pool_size=8, max_overflow=8, hide_parameters=True)
         _tune_sqlite(engine)
         return engine
     try:
-        return create_engine(parsed, pool_size=5, max_overflow=10, pool_pre_ping=True)
+        return create_engine(parsed, pool_size=5, max_overflow=10, pool_pre_ping=True, hide_parameters=True)
     except ModuleNotFoundError as exc:
         raise ConfigurationError(f"no database driver for {parsed.drivername}: {exc}") from None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,9 @@ class ContactProblems:
     phone: dict[str, str] = field(default_factory=dict)
 
 
-def _row(person: RecipientIn, problems: ContactProblems) -> dict[str, Any]:
+def _row(person: RecipientIn, problems: ContactProblems, allowed_special_domains: Collection[str]) -> dict[str, Any]:
     now = utcnow()
-    email = check_email(person.email) if person.email else None
+    email = check_email(person.email, allowed_special_domains=allowed_special_domains) if person.email else None
     phone = check_phone(person.phone) if person.phone else None
     if email is not None and email.problem:
         problems.email[person.user_id] = email.problem
@@ -74,10 +74,15 @@ _REFRESHED = [
 ]
 
 
-def upsert_people(conn: Connection, people: Sequence[RecipientIn]) -> tuple[dict[str, str], ContactProblems]:
-    """Store or refresh people's records (an import); returns user_id → ref and any contact problems."""
+def upsert_people(
+    conn: Connection, people: Sequence[RecipientIn], *, allowed_special_domains: Collection[str] = ()
+) -> tuple[dict[str, str], ContactProblems]:
+    """Store or refresh people's records (an import); returns user_id → ref and any contact problems.
+
+    ``allowed_special_domains``: special-use mail domains accepted anyway (see ``check_email``).
+    """
     problems = ContactProblems()
-    rows = {person.user_id: _row(person, problems) for person in people}
+    rows = {person.user_id: _row(person, problems, allowed_special_domains) for person in people}
     upsert(conn, recipients, list(rows.values()), "user_id", _REFRESHED)
     return refs_for(conn, list(rows)), problems
 
@@ -202,7 +207,9 @@ class ImportResult:
     problems: list[str]
 
 
-def import_csv(conn: Connection, path: Path, chunk: int = 1_000) -> ImportResult:
+def import_csv(
+    conn: Connection, path: Path, chunk: int = 1_000, *, allowed_special_domains: Collection[str] = ()
+) -> ImportResult:
     """Load recipients from a CSV with a header row (user_id,name,email,phone,locale[,opt_out,time_zone]).
 
     ``opt_out`` lists channels separated by spaces or semicolons, e.g. ``sms;phone``.
@@ -235,16 +242,18 @@ def import_csv(conn: Connection, path: Path, chunk: int = 1_000) -> ImportResult
                 continue
             batch.append(person)
             if len(batch) >= chunk:
-                imported += _import_batch(conn, batch, messages)
+                imported += _import_batch(conn, batch, messages, allowed_special_domains)
                 batch = []
-    imported += _import_batch(conn, batch, messages)
+    imported += _import_batch(conn, batch, messages, allowed_special_domains)
     return ImportResult(imported=imported, problems=messages)
 
 
-def _import_batch(conn: Connection, batch: list[RecipientIn], messages: list[str]) -> int:
+def _import_batch(
+    conn: Connection, batch: list[RecipientIn], messages: list[str], allowed_special_domains: Collection[str]
+) -> int:
     if not batch:
         return 0
-    _, problems = upsert_people(conn, batch)
+    _, problems = upsert_people(conn, batch, allowed_special_domains=allowed_special_domains)
     for user_id, problem in {**problems.email, **problems.phone}.items():
         messages.append(f"user {user_id}: {problem}")
     return len({p.user_id for p in batch})
