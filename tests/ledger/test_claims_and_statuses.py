@@ -19,12 +19,19 @@ from sqlalchemy import Connection, Engine, select, update
 from support import people
 
 from channels.base import DeliveryKey, Receipt
-from worker.errors import PermanentDeliveryError, TransientDeliveryError
+from worker.errors import PermanentDeliveryError, TransientDeliveryError, UnknownOutcomeError
 from worker.events import RecipientIn
 from worker.statuses import TERMINAL, DeliveryStatus, can_move, statuses_before
 from worker.store.engine import make_engine
 from worker.store.inbox import deliver_letters, inbox, letter_count, mark_read, unread_count
-from worker.store.ledger import claim, exhaust, open_deliveries, outcome_counts, record, unfinished_count
+from worker.store.ledger import (
+    claim,
+    exhaust,
+    open_deliveries,
+    outcome_counts,
+    record,
+    unfinished_count,
+)
 from worker.store.recipients import ensure_users, import_csv, load, page_all, refs_for, upsert_people
 from worker.store.schema import deliveries, ledger, recipients
 
@@ -289,6 +296,32 @@ def test_delivered_and_failed_keys_are_never_claimed_again(engine: Engine) -> No
         assert delivery(conn, "retry").attempts == 4
         assert delivery(conn, "fresh").attempts == 3
         assert statuses(conn)["done"] == "delivered"
+
+
+def test_each_claim_counts_a_request_and_a_receipt_that_sent_nothing_gives_it_back(engine: Engine) -> None:
+    keys = ["ok", "refused", "unknown", "lost"]
+    with engine.begin() as conn:
+        open_deliveries(conn, EVENT, EMAIL, keys)
+        first = claim(conn, EVENT, EMAIL, keys, claimant="msg-1", lease=LEASE)
+        assert first.requests == dict.fromkeys(keys, 1)
+        assert {delivery(conn, ref).requests for ref in keys} == {1}  # durable before any request
+        record(
+            conn,
+            [
+                delivered("ok"),
+                Receipt.failed(key("refused"), TransientDeliveryError("451 later", code="451")),
+                Receipt.failed(key("unknown"), UnknownOutcomeError("no reply after the data", code="x")),
+            ],
+            first.attempts,
+            first.requests,
+        )  # "lost": its worker died before recording anything
+    with engine.connect() as conn:
+        assert {ref: delivery(conn, ref).requests for ref in keys} == {"ok": 1, "refused": 0, "unknown": 1, "lost": 1}
+        assert {r.recipient_ref: r.requests for r in ledger_rows(conn)} == {"ok": 1, "refused": 0, "unknown": 1}
+
+    with engine.begin() as conn:
+        again = claim(conn, EVENT, EMAIL, keys, claimant="msg-1", lease=LEASE)
+    assert again.requests == {"refused": 1, "unknown": 2, "lost": 2}
 
 
 def test_a_claim_of_unknown_keys_claims_nothing(engine: Engine) -> None:
