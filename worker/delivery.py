@@ -167,10 +167,16 @@ def held_to_cap(receipts: list[Receipt], counted: dict[str, int], cap: int) -> l
     return held
 
 
-def exhaust_batch(rt: Runtime, event_id: str, channel: str, refs: Sequence[str], *, step: int = 0) -> Dispatch:
-    """After dramatiq's last retry: every unfinished key of the batch fails, and its people move on."""
+def exhaust_batch(
+    rt: Runtime, event_id: str, channel: str, refs: Sequence[str], *, claimant: str, step: int = 0
+) -> Dispatch:
+    """After dramatiq's last retry: the batch's keys not handed to the provider fail, and their people move on.
+
+    ``claimant`` is the exhausted message's id: keys it still holds as ``sending`` fail with the
+    rest, while ``sent`` ones wait for their verdict.
+    """
     with rt.engine.begin() as conn:
-        failed = ledger.exhaust(conn, event_id, channel, refs, "retries exhausted", step=step)
+        failed = ledger.exhaust(conn, event_id, channel, refs, "retries exhausted", step=step, claimant=claimant)
         dispatch = rt.router.after_receipts(conn, event_id, failed, now=utcnow())
     if failed:
         log.warning("event %s %s: %d deliveries failed after the last retry", event_id, channel, len(failed))

@@ -25,6 +25,7 @@ from worker.statuses import TERMINAL, DeliveryStatus, can_move, statuses_before
 from worker.store.engine import make_engine
 from worker.store.inbox import deliver_letters, inbox, letter_count, mark_read, unread_count
 from worker.store.ledger import (
+    apply_status,
     claim,
     exhaust,
     open_deliveries,
@@ -437,11 +438,12 @@ def test_record_of_nothing_does_nothing(engine: Engine) -> None:
 # --------------------------------------------------------------------------- exhaust
 
 
-def test_exhaust_fails_only_the_unfinished_keys(engine: Engine) -> None:
-    keys = ["delivered", "failed", "acked", "retrying", "sending", "pending", "sent"]
+def test_exhaust_fails_only_the_keys_not_handed_to_the_provider(engine: Engine) -> None:
+    keys = ["delivered", "failed", "acked", "retrying", "sending", "pending", "sent", "held"]
     with engine.begin() as conn:
         open_deliveries(conn, EVENT, EMAIL, keys)
-        got = claim(conn, EVENT, EMAIL, keys, claimant="m", lease=LEASE)
+        got = claim(conn, EVENT, EMAIL, keys[:-1], claimant="m", lease=LEASE)
+        claim(conn, EVENT, EMAIL, ["held"], claimant="another", lease=LEASE)
         record(
             conn,
             [
@@ -449,7 +451,7 @@ def test_exhaust_fails_only_the_unfinished_keys(engine: Engine) -> None:
                 Receipt.failed(key("failed"), PermanentDeliveryError("550 gone", code="550")),
                 Receipt(key=key("acked"), status=S.ACKNOWLEDGED),
                 Receipt.failed(key("retrying"), TransientDeliveryError("421", code="421")),
-                Receipt(key=key("sent"), status=S.SENT),
+                Receipt(key=key("sent"), status=S.SENT, provider_message_id="SM1"),
             ],
             got.attempts,
         )
@@ -457,8 +459,8 @@ def test_exhaust_fails_only_the_unfinished_keys(engine: Engine) -> None:
         before = len(ledger_rows(conn))
 
     with engine.begin() as conn:
-        failed = exhaust(conn, EVENT, EMAIL, keys, "retries exhausted")
-    assert sorted(r.key.recipient_ref for r in failed) == ["pending", "retrying", "sending", "sent"]
+        failed = exhaust(conn, EVENT, EMAIL, keys, "retries exhausted", claimant="m")
+    assert sorted(r.key.recipient_ref for r in failed) == ["pending", "retrying", "sending"]
 
     with engine.connect() as conn:
         now = statuses(conn)
@@ -469,25 +471,30 @@ def test_exhaust_fails_only_the_unfinished_keys(engine: Engine) -> None:
             "retrying": "failed",
             "sending": "failed",
             "pending": "failed",
-            "sent": "failed",
+            "sent": "sent",  # the provider has it: its callback or reconciliation decides
+            "held": "sending",  # another message's claim, still live
         }
         new_rows = ledger_rows(conn)[before:]
-        assert sorted(r.recipient_ref for r in new_rows) == ["pending", "retrying", "sending", "sent"]
+        assert sorted(r.recipient_ref for r in new_rows) == ["pending", "retrying", "sending"]
         for row in new_rows:
-            assert (row.status, row.error_class, row.error_code, row.reason) == (
+            assert (row.status, row.error_class, row.error_code, row.reason, row.tries) == (
                 "failed",
                 "PermanentDeliveryError",
                 "retries-exhausted",
                 "retries exhausted",
+                0,
             )
             assert row.attempt == 1
         assert delivery(conn, "failed").error_code == "550"
         assert delivery(conn, "sending").error_code == "retries-exhausted"
-        assert unfinished_count(conn, [EVENT]) == 0
+        assert unfinished_count(conn, [EVENT]) == 2
 
     with engine.begin() as conn:
-        assert exhaust(conn, EVENT, EMAIL, keys, "retries exhausted") == []
-        assert len(ledger_rows(conn)) == before + 4
+        assert exhaust(conn, EVENT, EMAIL, keys, "retries exhausted", claimant="m") == []
+        assert len(ledger_rows(conn)) == before + 3
+        # A late verdict still applies to the message the provider had.
+        assert apply_status(conn, "SM1", S.DELIVERED, None)
+        assert statuses(conn)["sent"] == "delivered"
 
 
 # --------------------------------------------------------------------------- recipients
@@ -632,7 +639,7 @@ def test_ledger_and_deliveries_never_hold_an_email_address_or_phone_number(engin
                 Receipt(key=key(ref, channel), status=S.DELIVERED, provider_message_id="pm-1") for ref in got.attempts
             ]
             record(conn, receipts, got.attempts)
-        exhaust(conn, EVENT, "email", list(mapping.values()), "retries exhausted")
+        exhaust(conn, EVENT, "email", list(mapping.values()), "retries exhausted", claimant="m")
     assert problems.email and problems.phone  # the scenario did exercise the problem paths
 
     with engine.connect() as conn:

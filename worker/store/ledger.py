@@ -250,20 +250,35 @@ def _status_in(statuses: Iterable[DeliveryStatus]) -> ColumnElement[bool]:
 
 
 def exhaust(
-    conn: Connection, event_id: str, channel: str, refs: Sequence[str], reason: str, step: int = 0
+    conn: Connection,
+    event_id: str,
+    channel: str,
+    refs: Sequence[str],
+    reason: str,
+    step: int = 0,
+    *,
+    claimant: str,
 ) -> list[Receipt]:
-    """Give up on a batch's unfinished keys after the last retry: each becomes failed."""
+    """After the last retry, fail the batch's keys that are still herald's to send.
+
+    Pending and retrying keys fail, and sending ones held by this batch's own claim. A ``sent``
+    key is in the provider's hands and waits for its callback or reconciliation (a late
+    ``delivered`` must still apply); a key another message holds is that message's to finish.
+    """
     rows = conn.execute(
         select(deliveries.c.recipient_ref, deliveries.c.attempts).where(
             deliveries.c.event_id == event_id,
             deliveries.c.channel == channel,
             deliveries.c.step == step,
             deliveries.c.recipient_ref.in_(list(refs)),
-            deliveries.c.status.not_in([s.value for s in TERMINAL]),
+            or_(
+                deliveries.c.status.in_([DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value]),
+                and_(deliveries.c.status == DeliveryStatus.SENDING.value, deliveries.c.claimed_by == claimant),
+            ),
         )
     ).all()
     error = PermanentDeliveryError(reason, code="retries-exhausted")
-    receipts = [Receipt.failed(DeliveryKey(event_id, ref, channel, step), error) for ref, _ in rows]
+    receipts = [Receipt.failed(DeliveryKey(event_id, ref, channel, step), error, tries=0) for ref, _ in rows]
     record(conn, receipts, attempts={ref: attempt for ref, attempt in rows})
     return receipts
 
