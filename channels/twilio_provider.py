@@ -3,7 +3,9 @@
 The SMS and phone channels own what to say; this module owns how Twilio is spoken to.
 It is the one place where twilio's and aiohttp's exceptions become herald's
 ``TransientDeliveryError`` / ``PermanentDeliveryError``, marked ``provider=True`` when the
-account or Twilio itself is at fault rather than the number.
+account or Twilio itself is at fault rather than the number. For a request that creates a
+message or call, whatever may have gone out (no answer, an answer herald cannot read or that
+names no SID) is an ``UnknownOutcomeError`` instead, and is never tried again here.
 """
 
 from __future__ import annotations
