@@ -4,6 +4,13 @@ A channel is like an httpx transport: one async method that sends a batch of ren
 messages and returns one receipt per message, plus ``aclose()``. Channels send; the
 worker records. A channel never writes the ledger, and never lets a vendor exception out:
 per-message failures come back as receipts carrying a typed ``DeliveryError``.
+
+Within one ``send()`` a channel makes at most one request per message that may reach the
+person: it retries only what certainly did not go out (no connection, a refusal, a rate
+limit, an error body). A request whose outcome it cannot know (an unreadable 2xx, no reply
+after the message data) comes back as ``UnknownOutcomeError`` and is not retried there. The
+worker counts one request per message before ``send()`` and gives it back when the receipt
+shows nothing went out; that count is what the cap of provider requests bounds.
 """
 
 from __future__ import annotations
@@ -71,11 +78,21 @@ class Receipt:
     tries: int = 1
     detail: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def may_have_gone_out(self) -> bool:
+        """Whether this attempt may have reached the person: accepted, or its outcome unknown."""
+        if self.error is not None:
+            return self.error.outcome_unknown
+        return self.status in _WENT_OUT
+
     @classmethod
     def failed(cls, key: DeliveryKey, error: DeliveryError, tries: int = 1) -> Receipt:
         """A receipt for a message that did not go out, transient or permanent."""
         status = DeliveryStatus.RETRYING if error.transient else DeliveryStatus.FAILED
         return cls(key=key, status=status, error=error, tries=tries)
+
+
+_WENT_OUT = frozenset({DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.ACKNOWLEDGED})
 
 
 class Channel(abc.ABC):

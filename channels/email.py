@@ -10,7 +10,10 @@ Failures never leave as aiosmtplib exceptions: ``map_smtp_error`` is the one pla
 become ``TransientDeliveryError`` (4xx, disconnects, timeouts) or ``PermanentDeliveryError``
 (5xx, bad address, failed login), each marked ``provider=True`` when the relay rather than
 the recipient is at fault. Transient ones get a few quick tries here (tenacity); dramatiq
-does the long retries with the receipts this returns.
+does the long retries with the receipts this returns. A timeout or a lost connection once a
+message's data went out is an ``UnknownOutcomeError`` instead: the server may have taken it,
+so it is not sent again in this attempt; a timeout there also spares the rest of the batch,
+since a server that stopped answering would make every message wait the full timeout.
 
 Connections belong to the event loop that opened them: use one ``EmailChannel`` per loop
 (worker.runtime keeps one per thread). If the running loop changes, the pool starts afresh.
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import formataddr, formatdate, parseaddr
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from aiosmtplib import (
     SMTP,
@@ -49,6 +52,7 @@ from aiosmtplib import (
     SMTPServerDisconnected,
     SMTPTimeoutError,
 )
+from aiosmtplib.typing import Default
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from channels.base import Channel, Content, DeliveryKey, OutboundMessage, Receipt
@@ -58,6 +62,7 @@ from worker.errors import (
     DeliveryError,
     PermanentDeliveryError,
     TransientDeliveryError,
+    UnknownOutcomeError,
 )
 from worker.redact import mask_email, mask_emails_in
 from worker.statuses import DeliveryStatus
@@ -154,7 +159,24 @@ def _safe(text: str) -> str:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, DeliveryError) and exc.transient
+    """Worth another try now: transient, and certainly not taken by the server."""
+    return isinstance(exc, DeliveryError) and exc.transient and not exc.outcome_unknown
+
+
+class _Session(SMTP):
+    """aiosmtplib's client, noting when a message's data starts to go out.
+
+    Before that point a timeout or a lost connection cannot have delivered anything; after
+    it, the server may have taken the message without our hearing its reply.
+    """
+
+    data_started = False
+
+    async def data(
+        self, message: str | bytes, /, *, timeout: float | Literal[Default.token] | None = Default.token
+    ) -> SMTPResponse:
+        self.data_started = True
+        return await super().data(message, timeout=timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,8 +290,8 @@ class EmailChannel(Channel):
         self._templates: OrderedDict[tuple[str, str], _Template] = OrderedDict()
         self._cache_size = max(1, cache_size)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._clients: list[SMTP] = []
-        self._idle: list[SMTP] = []
+        self._clients: list[_Session] = []
+        self._idle: list[_Session] = []
         self._slots: asyncio.Semaphore | None = None
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[Receipt]:
@@ -312,10 +334,10 @@ class EmailChannel(Channel):
         self._loop, self._clients, self._idle = loop, [], []
         self._slots = asyncio.Semaphore(self._size)
 
-    def _new_client(self) -> SMTP:
+    def _new_client(self) -> _Session:
         settings = self._settings
         username = settings.smtp_username or None
-        client = SMTP(
+        client = _Session(
             hostname=settings.smtp_host,
             port=settings.smtp_port,
             username=username,
@@ -346,7 +368,7 @@ class EmailChannel(Channel):
                 self._idle.append(client)
 
     # --- one message -------------------------------------------------------------------
-    async def _deliver(self, client: SMTP, message: OutboundMessage, batch: _Batch) -> Receipt:
+    async def _deliver(self, client: _Session, message: OutboundMessage, batch: _Batch) -> Receipt:
         address = message.recipient.email or ""
         message_id = message_id_for(message.key)
         try:
@@ -363,9 +385,8 @@ class EmailChannel(Channel):
             phase = "send"
             reply = await self._transmit(client, address, payload)
         except DeliveryError as first:
-            if not first.transient or self._tries == 1:
-                if phase == "connect":
-                    batch.outage = first
+            if not _is_transient(first) or self._tries == 1:
+                _note_outage(batch, first, phase)
                 return Receipt.failed(message.key, first, tries=1)
         else:
             return Receipt(
@@ -390,8 +411,7 @@ class EmailChannel(Channel):
                     phase = "send"
                     reply = await self._transmit(client, address, payload)
         except DeliveryError as error:
-            if phase == "connect":
-                batch.outage = error  # the server is unreachable or refuses us: spare the rest
+            _note_outage(batch, error, phase)
             return Receipt.failed(message.key, error, tries=tries)
         return Receipt(
             key=message.key,
@@ -401,7 +421,7 @@ class EmailChannel(Channel):
             detail={"smtp_reply": _safe(reply)},
         )
 
-    async def _connect(self, client: SMTP) -> None:
+    async def _connect(self, client: _Session) -> None:
         if client.is_connected:
             return
         try:
@@ -409,13 +429,22 @@ class EmailChannel(Channel):
         except Exception as exc:
             raise map_smtp_error(exc) from None
 
-    async def _transmit(self, client: SMTP, address: str, payload: bytes) -> str:
+    async def _transmit(self, client: _Session, address: str, payload: bytes) -> str:
+        client.data_started = False
         try:
             refused, reply = await client.sendmail(self._envelope_from, [address], payload)
         except Exception as exc:
             error = map_smtp_error(exc)
             if error.transient and error.code in (None, "421"):
                 _close_quietly(client)  # the session is gone or going; reconnect on the next try
+            if client.data_started and error.transient and error.code is None:
+                # No reply to the message's data (a reply code would be a verdict): it may be taken.
+                timed_out = isinstance(exc, SMTPTimeoutError | TimeoutError)
+                raise UnknownOutcomeError(
+                    f"{error.message} after the message was sent; the server may have accepted it",
+                    code="no-reply-after-data" if timed_out else "lost-after-data",
+                    provider=True,
+                ) from None
             raise error from None
         if refused:
             raise map_smtp_error(_refusals(refused))
@@ -446,7 +475,17 @@ class EmailChannel(Channel):
             status=status,
             error=error,
             tries=0,
-            detail={"skipped": "SMTP connection failed earlier in this batch"},
+            detail={"skipped": "the SMTP server failed earlier in this batch"},
+        )
+
+
+def _note_outage(batch: _Batch, error: DeliveryError, phase: str) -> None:
+    """Spare the rest of the batch when the server is unreachable, refuses us, or stopped answering."""
+    if phase == "connect":
+        batch.outage = error
+    elif error.code == "no-reply-after-data":
+        batch.outage = TransientDeliveryError(
+            "not attempted: the SMTP server stopped answering earlier in this batch", code="skipped", provider=True
         )
 
 

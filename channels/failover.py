@@ -3,10 +3,11 @@
 A channel may list backup providers (a second SMTP relay, a second Twilio account). Every
 message whose receipt carries a provider fault (``DeliveryError.provider``) is sent again,
 in the same call, through the next provider; a fault about the recipient is final, since no
-provider can help with it. A provider that faulted rests for a cooldown, so the next
-batches go to a healthy one first instead of waiting on timeouts again. A cooldown is a
-preference, never a reason to send nothing: resting providers are still tried, after the
-others, soonest-to-recover first.
+provider can help with it, and so is, for this call, a request whose outcome is unknown (it
+may have gone out: the provider still rests, but the message is not sent twice at once). A
+provider that faulted rests for a cooldown, so the next batches go to a healthy one first
+instead of waiting on timeouts again. A cooldown is a preference, never a reason to send
+nothing: resting providers are still tried, after the others, soonest-to-recover first.
 
 Cooldowns are shared by every worker process through the broker's Redis (one key per channel
 and provider, expiring on its own). Redis being unreachable never stops sending: the channel
@@ -169,9 +170,11 @@ class FailoverChannel(Channel):
                 tries[index] += receipt.tries
                 receipts[index] = _tagged(receipt, provider, tries[index], failed_over[index])
                 if receipt.error is not None and receipt.error.provider:
+                    fault = fault or receipt.error
+                    if receipt.error.outcome_unknown:
+                        continue  # it may have gone out: only a later, counted attempt sends it again
                     again.append(index)
                     failed_over[index].append(provider)
-                    fault = fault or receipt.error
             if fault is not None:
                 self._rest(provider, fault, len(again))
             pending = again

@@ -80,11 +80,10 @@ class PhoneChannel(Channel):
             "status_callback": self._status_url,
             "status_callback_event": ["initiated", "ringing", "answered", "completed"],
         }
-        try:
-            created, tries = await self._provider.call(lambda client: client.calls.create_async(**params))
-        except DeliveryError as error:
-            return Receipt.failed(message.key, error, tries=self.settings.twilio_tries if error.transient else 1)
-        return Receipt(key=message.key, status=DeliveryStatus.SENT, provider_message_id=str(created.sid), tries=tries)
+        sid, error, tries = await self._provider.create(lambda client: client.calls.create_async(**params))
+        if error is not None:
+            return Receipt.failed(message.key, error, tries=tries)
+        return Receipt(key=message.key, status=DeliveryStatus.SENT, provider_message_id=sid, tries=tries)
 
     async def fetch_verdict(self, provider_message_id: str) -> tuple[DeliveryStatus | None, DeliveryError | None]:
         """Ask Twilio for the call's status, for when its final callback never came."""

@@ -3,11 +3,14 @@
 A message accepted by Twilio is ``sent``, not delivered: the carrier's verdict arrives later
 as a signed status callback at ``herald serve`` (POST /twilio/status), which moves the
 delivery to delivered or failed. The number of segments is recorded with every attempt.
+An answer that names no SID (``{}``, not JSON, none at all) is an unknown outcome: the
+message is not sent again in this attempt, and never recorded under a SID it does not have.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 
 import phonenumbers
@@ -74,17 +77,14 @@ class SmsChannel(Channel):
             params["messaging_service_sid"] = self.settings.twilio_messaging_service_sid
         else:
             params["from_"] = self.settings.twilio_from
-        try:
-            created, tries = await self._provider.call(lambda client: client.messages.create_async(**params))
-        except DeliveryError as error:
-            receipt = Receipt.failed(message.key, error, tries=self.settings.twilio_tries if error.transient else 1)
-            return Receipt(
-                key=receipt.key, status=receipt.status, error=error, tries=receipt.tries, detail={"segments": count}
-            )
+        sid, error, tries = await self._provider.create(lambda client: client.messages.create_async(**params))
+        if error is not None:
+            receipt = Receipt.failed(message.key, error, tries=tries)
+            return dataclasses.replace(receipt, detail={"segments": count})
         return Receipt(
             key=message.key,
             status=DeliveryStatus.SENT,
-            provider_message_id=str(created.sid),
+            provider_message_id=sid,
             tries=tries,
             detail={"segments": count},
         )

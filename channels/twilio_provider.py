@@ -3,7 +3,9 @@
 The SMS and phone channels own what to say; this module owns how Twilio is spoken to.
 It is the one place where twilio's and aiohttp's exceptions become herald's
 ``TransientDeliveryError`` / ``PermanentDeliveryError``, marked ``provider=True`` when the
-account or Twilio itself is at fault rather than the number.
+account or Twilio itself is at fault rather than the number. For a request that creates a
+message or call, whatever may have gone out (no answer, an answer herald cannot read or that
+names no SID) is an ``UnknownOutcomeError`` instead, and is never tried again here.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -22,7 +25,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from worker.config import Settings
-from worker.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from worker.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError, UnknownOutcomeError
 from worker.statuses import UNCONFIRMED_CALL, DeliveryStatus
 
 T = TypeVar("T")
@@ -93,6 +96,59 @@ def map_twilio_error(exc: BaseException) -> DeliveryError:
     return TransientDeliveryError(f"unexpected error talking to Twilio: {type(exc).__name__}", code="unknown")
 
 
+#: What a message or call SID looks like (Twilio's are two letters and 32 hex digits; a compatible
+#: provider may use its own ids). ``None``, an empty string or a number is no SID.
+_SID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{1,63}")
+#: Never connected: the request cannot have gone out.
+_NOT_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, ConnectionRefusedError)
+
+
+def map_create_error(exc: BaseException) -> DeliveryError:
+    """Translate what a create request (a message, a call) raised; whatever may have gone out is unknown.
+
+    Only what certainly did not go out keeps the meaning ``map_twilio_error`` gives it: a
+    connection never made, and a refusal Twilio answered (any 4xx, 429, or a 5xx carrying
+    Twilio's error body). A timeout, a dropped connection, a 5xx without Twilio's body (a
+    gateway's) and a 2xx herald cannot read are an ``UnknownOutcomeError``: the message may
+    have been taken, so it is never sent again at once.
+    """
+    if isinstance(exc, DeliveryError):
+        return exc
+    if isinstance(exc, TwilioRestException | TwilioServiceException):
+        status = int(exc.status or 0)
+        twilio_body = exc.code is not None and int(exc.code) != status  # twilio-python uses the status otherwise
+        if status < 500 or twilio_body:
+            return map_twilio_error(exc)
+        return UnknownOutcomeError(
+            f"Twilio answered HTTP {status} without its error body; the request may have gone through",
+            code=f"http-{status}",
+            provider=True,
+        )
+    if isinstance(exc, _NOT_CONNECTED):
+        return map_twilio_error(exc)
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return UnknownOutcomeError(
+            "Twilio did not answer in time; the request may have gone through", code="timeout", provider=True
+        )
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return UnknownOutcomeError(
+            f"connection to Twilio lost before its answer ({type(exc).__name__}); the request may have gone through",
+            code="connection-lost",
+            provider=True,
+        )
+    return UnknownOutcomeError(
+        f"Twilio's answer could not be read ({type(exc).__name__}); the request may have gone through",
+        code="unreadable-answer",
+        provider=True,
+    )
+
+
+def accepted_sid(resource: Any) -> str | None:
+    """The SID of a created message or call, or None when the answer named none (``{}``)."""
+    sid = getattr(resource, "sid", None)
+    return sid if isinstance(sid, str) and _SID.fullmatch(sid) else None
+
+
 def callback_error(status: str, error_code: str | None) -> PermanentDeliveryError:
     """The error a failed delivery callback (undelivered, failed, busy, no-answer) stands for."""
     if error_code and error_code.isdigit() and int(error_code) in PERMANENT_CODES:
@@ -129,22 +185,52 @@ class TwilioProvider:
         return self._client
 
     async def call(self, operation: Callable[[Client], Awaitable[T]]) -> tuple[T, int]:
-        """Run one Twilio request with the rate limit and short retries; returns (result, tries).
+        """Run one Twilio request that changes nothing (a fetch), with the rate limit and short retries.
+
+        Returns (result, tries).
 
         Raises:
             DeliveryError: transient after the last try, or permanent at once.
         """
+        result, error, tries = await self._tries(operation, map_twilio_error)
+        if error is not None:
+            raise error
+        assert result is not None
+        return result, tries
+
+    async def create(
+        self, operation: Callable[[Client], Awaitable[Any]]
+    ) -> tuple[str | None, DeliveryError | None, int]:
+        """Create a message or call: (SID, error, tries), exactly one of SID and error set.
+
+        Tried again only while nothing certainly went out; an answer that may have created the
+        resource but names no SID (``{}``, not JSON, no answer) is an ``UnknownOutcomeError``.
+        """
+        created, error, tries = await self._tries(operation, map_create_error)
+        if error is not None:
+            return None, error, tries
+        sid = accepted_sid(created)
+        if sid is None:
+            missing = UnknownOutcomeError(
+                "Twilio accepted the request but named no SID; it may have gone through", code="no-sid", provider=True
+            )
+            return None, missing, tries
+        return sid, None, tries
+
+    async def _tries(
+        self, operation: Callable[[Client], Awaitable[T]], mapper: Callable[[BaseException], DeliveryError]
+    ) -> tuple[T | None, DeliveryError | None, int]:
         client = await self.client()
         tries = 0
         while True:
             tries += 1
             await self._limiter.acquire()
             try:
-                return await operation(client), tries
+                return await operation(client), None, tries
             except Exception as exc:  # mapped right here, at the edge
-                error = map_twilio_error(exc)
-            if not error.transient or tries >= self.settings.twilio_tries:
-                raise error
+                error = mapper(exc)
+            if not error.transient or error.outcome_unknown or tries >= self.settings.twilio_tries:
+                return None, error, tries
             await asyncio.sleep(self._retry_initial_s * 2 ** (tries - 1) + random.uniform(0, self._retry_initial_s))
 
     async def fetch_status(self, kind: str, sid: str) -> tuple[str, str | None]:

@@ -210,7 +210,9 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
         if channel is None or len(args) < 2:
             log.error("retry-exhausted notice for an unknown message: %s", actor_name)
             return
-        hand_on(exhaust_batch(runtime, args[0], channel, args[1], step=int(args[2]) if len(args) > 2 else 0))
+        step = int(args[2]) if len(args) > 2 else 0
+        claimant = str(message_data.get("message_id", ""))  # the batch's claims are held under its message id
+        hand_on(exhaust_batch(runtime, args[0], channel, args[1], claimant=claimant, step=step))
 
     def publish(announcement_id: str) -> None:
         published = publish_announcement(runtime, announcement_id)

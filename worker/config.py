@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     retry_min_backoff_ms: int = Field(5_000, ge=10)
     retry_max_backoff_ms: int = Field(600_000, ge=10)
     lease_s: float = Field(300.0, gt=0, description="How long a claimed delivery is held by one worker.")
+    max_provider_requests: int = Field(
+        5, ge=1, le=100, description="Requests per delivery key that may reach the person, across every retry."
+    )
 
     # --- events and fan-out ------------------------------------------------------------
     max_event_bytes: int = Field(1_048_576, ge=1_024, description="Larger payloads are rejected.")

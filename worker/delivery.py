@@ -5,10 +5,16 @@ before it, the attempt row and status move after it. Whatever did not finish is 
 claimable state, and the caller raises so that dramatiq retries the message later. In the
 transaction that records a chunk, routing decides what the results mean for each person
 (reached, next stage, announcement); what it asks to send is returned to the caller.
+
+Every claim counts one provider request per key before the provider is called (given back
+when nothing went out), so an outcome that stays unknown is resent only until a key has
+``HERALD_MAX_PROVIDER_REQUESTS`` requests that may have reached the person; then it fails,
+with that reason, and routing moves the person on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -18,7 +24,7 @@ from datetime import timedelta
 from channels.base import DeliveryKey, OutboundMessage, Receipt
 from worker.clock import utcnow
 from worker.dispatch import Dispatch
-from worker.errors import PermanentDeliveryError
+from worker.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError, UnknownOutcomeError
 from worker.runtime import Runtime
 from worker.statuses import DeliveryStatus
 from worker.store import ledger, recipients
@@ -55,29 +61,30 @@ def deliver_batch(
             return BatchOutcome(0, 0, 0, len(claim.busy), len(refs) - len(claim.busy))
         people = recipients.load(conn, claim.attempts, event_id=event_id)
     event = rt.event(event_id)
+    cap = rt.settings.max_provider_requests
 
     messages: list[OutboundMessage] = []
-    unsendable: list[Receipt] = []
+    unsent: list[Receipt] = []  # settled without a request: erased people, keys at the cap, unrenderable notices
     for ref in claim.attempts:
         key = DeliveryKey(event_id, ref, channel, step)
         person = people.get(ref)
+        if claim.requests.get(ref, 0) > cap:
+            unsent.append(Receipt.failed(key, cap_error(cap), tries=0))
+            continue
         if person is None:
-            unsendable.append(Receipt.failed(key, PermanentDeliveryError("recipient erased before delivery")))
+            unsent.append(Receipt.failed(key, PermanentDeliveryError("recipient erased before delivery"), tries=0))
             continue
         zone = person.time_zone or rt.settings.locale_time_zones.get(person.locale)
         try:
             content = rt.renderer.render(event, channel, person.locale, zone)
         except Exception as exc:  # one person's notice that cannot be written must not hold up the batch
-            unsendable.append(Receipt.failed(key, _unrenderable(exc)))
+            unsent.append(Receipt.failed(key, _unrenderable(exc), tries=0))
             continue
         messages.append(OutboundMessage(key=key, recipient=person, content=content))
 
     dispatch = Dispatch()
-    receipts = _send_in_chunks(rt, channel, messages, claim.attempts, dispatch) + unsendable
-    if unsendable:
-        with rt.engine.begin() as conn:
-            moves = ledger.record(conn, unsendable, claim.attempts)
-            dispatch.extend(rt.router.after_receipts(conn, event_id, unsendable, moves, now=utcnow()))
+    receipts = _send_in_chunks(rt, channel, messages, claim, dispatch)
+    receipts += _record(rt, unsent, claim, dispatch)
 
     counts = Counter(r.status for r in receipts)
     outcome = BatchOutcome(
@@ -113,7 +120,7 @@ def _unrenderable(exc: Exception) -> PermanentDeliveryError:
 
 
 def _send_in_chunks(
-    rt: Runtime, channel: str, messages: list[OutboundMessage], attempts: dict[str, int], dispatch: Dispatch
+    rt: Runtime, channel: str, messages: list[OutboundMessage], claim: ledger.Claim, dispatch: Dispatch
 ) -> list[Receipt]:
     """Send and record a few messages at a time.
 
@@ -129,29 +136,59 @@ def _send_in_chunks(
     for start in range(0, len(messages), size):
         chunk = messages[start : start + size]
         sent: list[Receipt] = rt.run(sender.send(chunk))
-        _record(rt, sent, attempts, dispatch)
-        receipts += sent
+        receipts += _record(rt, sent, claim, dispatch)
         outage = next((r.error for r in sent if r.error is not None), None)
         if outage is not None and outage.transient and all(r.status is DeliveryStatus.RETRYING for r in sent):
+            if outage.outcome_unknown:
+                outage = TransientDeliveryError(f"not attempted: {outage.message}", code=outage.code, provider=True)
             rest = [Receipt.failed(m.key, outage, tries=0) for m in messages[start + size :]]
-            _record(rt, rest, attempts, dispatch)
-            return receipts + rest
+            return receipts + _record(rt, rest, claim, dispatch)
     return receipts
 
 
-def _record(rt: Runtime, receipts: list[Receipt], attempts: dict[str, int], dispatch: Dispatch) -> None:
-    """Record receipts and route on them, in one transaction."""
+def _record(rt: Runtime, receipts: list[Receipt], claim: ledger.Claim, dispatch: Dispatch) -> list[Receipt]:
+    """Hold receipts to the request cap, record them and route on them, in one transaction."""
     if not receipts:
-        return
+        return []
+    receipts = held_to_cap(receipts, claim.requests, rt.settings.max_provider_requests)
     with rt.engine.begin() as conn:
-        moves = ledger.record(conn, receipts, attempts)
+        moves = ledger.record(conn, receipts, claim.attempts, claim.requests)
         dispatch.extend(rt.router.after_receipts(conn, receipts[0].key.event_id, receipts, moves, now=utcnow()))
+    return receipts
 
 
-def exhaust_batch(rt: Runtime, event_id: str, channel: str, refs: Sequence[str], *, step: int = 0) -> Dispatch:
-    """After dramatiq's last retry: every unfinished key of the batch fails, and its people move on."""
+def cap_error(cap: int, last: DeliveryError | None = None) -> DeliveryError:
+    """Why a key that reached the request cap fails; still an unknown outcome if its last request was one."""
+    message = f"provider request cap reached ({cap}): outcome of earlier requests unknown"
+    if last is not None:
+        message += f"; last: {last.message}"
+    if last is not None and last.outcome_unknown:
+        return UnknownOutcomeError(message, code="request-cap")
+    return PermanentDeliveryError(message, code="request-cap")
+
+
+def held_to_cap(receipts: list[Receipt], counted: dict[str, int], cap: int) -> list[Receipt]:
+    """Fail at once what would be retried though its key used up its requests; a retry could only fail."""
+    held: list[Receipt] = []
+    for receipt in receipts:
+        count = counted.get(receipt.key.recipient_ref)
+        retrying = receipt.status is DeliveryStatus.RETRYING and count is not None
+        if retrying and (count or 0) - (0 if receipt.may_have_gone_out else 1) >= cap:
+            receipt = dataclasses.replace(receipt, status=DeliveryStatus.FAILED, error=cap_error(cap, receipt.error))
+        held.append(receipt)
+    return held
+
+
+def exhaust_batch(
+    rt: Runtime, event_id: str, channel: str, refs: Sequence[str], *, claimant: str, step: int = 0
+) -> Dispatch:
+    """After dramatiq's last retry: the batch's keys not handed to the provider fail, and their people move on.
+
+    ``claimant`` is the exhausted message's id: keys it still holds as ``sending`` fail with the
+    rest, while ``sent`` ones wait for their verdict.
+    """
     with rt.engine.begin() as conn:
-        failed = ledger.exhaust(conn, event_id, channel, refs, "retries exhausted", step=step)
+        failed = ledger.exhaust(conn, event_id, channel, refs, "retries exhausted", step=step, claimant=claimant)
         dispatch = rt.router.after_receipts(conn, event_id, failed, now=utcnow())
     if failed:
         log.warning("event %s %s: %d deliveries failed after the last retry", event_id, channel, len(failed))

@@ -10,6 +10,8 @@
     │   └── EventConflict         same event_id, different body
     └── DeliveryError             one send failed; carries the provider's code, a safe message
         ├── TransientDeliveryError   retry later (4xx, disconnects, timeouts, 429/5xx)
+        │   └── UnknownOutcomeError  the request may have gone out (an unreadable 2xx, no reply
+        │                            after the message data): never retried at once
         └── PermanentDeliveryError   retrying cannot help (5xx, refused recipient); fall back
 
 A ``DeliveryError`` also says whose fault it is. ``provider=True``: the provider failed
@@ -17,6 +19,10 @@ A ``DeliveryError`` also says whose fault it is. ``provider=True``: the provider
 backup provider of the same channel may succeed. ``provider=False``: the failure is about
 this recipient (refused mailbox, invalid or unsubscribed number), so no provider can help.
 The two axes are independent: a refused login is permanent *and* the provider's.
+
+An ``UnknownOutcomeError`` is not a failure: the provider may have taken the message. It is
+retried only later, as a recorded resend that counts towards the cap of provider requests
+per delivery key, and never handed to a backup provider in the same attempt.
 
 Vendor exceptions (aiosmtplib, twilio) are translated into these at the channel edge and
 never leak into the core.
@@ -61,6 +67,8 @@ class DeliveryError(HeraldError):
     """
 
     transient: bool = False
+    #: The request may have reached the person: sending it again may duplicate it.
+    outcome_unknown: bool = False
 
     def __init__(self, message: str, *, code: str | None = None, provider: bool = False) -> None:
         super().__init__(message)
@@ -78,6 +86,12 @@ class TransientDeliveryError(DeliveryError):
     """Retrying later may succeed."""
 
     transient = True
+
+
+class UnknownOutcomeError(TransientDeliveryError):
+    """The provider may or may not have taken the message; resent only later, and only up to the cap."""
+
+    outcome_unknown = True
 
 
 class PermanentDeliveryError(DeliveryError):

@@ -10,13 +10,14 @@ from email.utils import parseaddr
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 from pydantic import SecretStr
 
 import channels.email as email_module
 from channels.base import Content, DeliveryKey, OutboundMessage, Receipt, Recipient
 from channels.email import EmailChannel, message_id_for
 from worker.config import Settings
-from worker.errors import PermanentDeliveryError, TransientDeliveryError
+from worker.errors import PermanentDeliveryError, TransientDeliveryError, UnknownOutcomeError
 from worker.sandbox.smtp_sink import SmtpSink
 from worker.statuses import DeliveryStatus
 
@@ -166,15 +167,57 @@ def test_connections_are_reused_across_send_calls(sink: SmtpSink) -> None:
     assert sink.connections == 2
 
 
-def test_a_dropped_connection_is_reconnected_before_the_retry(sink: SmtpSink) -> None:
+def test_a_connection_lost_after_the_data_is_an_unknown_outcome_and_the_next_message_reconnects(
+    sink: SmtpSink,
+) -> None:
+    """The server hung up after the whole message: it may have kept it, so it is not sent again now."""
     sink.drop_next_data(1)
 
     [receipts] = send(channel_for(sink.port, smtp_connections=1), [message(n) for n in range(3)])
 
-    assert [r.status for r in receipts] == [DeliveryStatus.DELIVERED] * 3
-    assert [r.tries for r in receipts] == [2, 1, 1]
+    lost, *rest = receipts
+    assert lost.status is DeliveryStatus.RETRYING and lost.tries == 1
+    assert isinstance(lost.error, UnknownOutcomeError) and lost.error.code == "lost-after-data"
+    assert lost.may_have_gone_out
+    assert [r.status for r in rest] == [DeliveryStatus.DELIVERED] * 2
     assert sink.connections == 2
-    assert sink.count == 3
+    assert sink.count == 2
+
+
+class _TakesDataThenHangs:
+    """An SMTP handler that counts each message it receives in full, then holds its reply past the timeout."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received += 1  # the server's own loop: no lock needed
+        await asyncio.sleep(1.0)
+        return "250 too late"
+
+
+def test_a_server_that_never_answers_the_final_dot_gets_the_message_once() -> None:
+    """No reply within the timeout after the data: an unknown outcome, not retried, and the rest spared."""
+    handler = _TakesDataThenHangs()
+    server = Controller(handler, hostname="127.0.0.1", port=free_port())
+    server.start()
+    try:
+        [receipts] = send(
+            channel_for(server.port, smtp_timeout_s=0.2, smtp_tries=3, smtp_connections=1),
+            [message(n) for n in range(3)],
+        )
+    finally:
+        server.stop()
+
+    silent, *spared = receipts
+    assert silent.status is DeliveryStatus.RETRYING and silent.tries == 1
+    assert isinstance(silent.error, UnknownOutcomeError) and silent.error.code == "no-reply-after-data"
+    assert "timed out" in silent.error.message
+    for receipt in spared:
+        assert receipt.status is DeliveryStatus.RETRYING and receipt.tries == 0
+        assert isinstance(receipt.error, TransientDeliveryError) and not receipt.error.outcome_unknown
+        assert not receipt.may_have_gone_out
+    assert handler.received == 1
 
 
 def test_refused_recipients_fail_permanently_while_the_rest_are_delivered(sink: SmtpSink) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, select, update
 from support import people
 
 from channels.base import DeliveryKey, Receipt
-from worker.errors import PermanentDeliveryError, TransientDeliveryError
+from worker.errors import PermanentDeliveryError, TransientDeliveryError, UnknownOutcomeError
 from worker.events import RecipientIn
 from worker.statuses import TERMINAL, UNCONFIRMED_CALL, DeliveryStatus, can_move, overturnable, statuses_before
 from worker.store.engine import make_engine
@@ -335,6 +335,32 @@ def test_delivered_and_failed_keys_are_never_claimed_again(engine: Engine) -> No
         assert statuses(conn)["done"] == "delivered"
 
 
+def test_each_claim_counts_a_request_and_a_receipt_that_sent_nothing_gives_it_back(engine: Engine) -> None:
+    keys = ["ok", "refused", "unknown", "lost"]
+    with engine.begin() as conn:
+        open_deliveries(conn, EVENT, EMAIL, keys)
+        first = claim(conn, EVENT, EMAIL, keys, claimant="msg-1", lease=LEASE)
+        assert first.requests == dict.fromkeys(keys, 1)
+        assert {delivery(conn, ref).requests for ref in keys} == {1}  # durable before any request
+        record(
+            conn,
+            [
+                delivered("ok"),
+                Receipt.failed(key("refused"), TransientDeliveryError("451 later", code="451")),
+                Receipt.failed(key("unknown"), UnknownOutcomeError("no reply after the data", code="x")),
+            ],
+            first.attempts,
+            first.requests,
+        )  # "lost": its worker died before recording anything
+    with engine.connect() as conn:
+        assert {ref: delivery(conn, ref).requests for ref in keys} == {"ok": 1, "refused": 0, "unknown": 1, "lost": 1}
+        assert {r.recipient_ref: r.requests for r in ledger_rows(conn)} == {"ok": 1, "refused": 0, "unknown": 1}
+
+    with engine.begin() as conn:
+        again = claim(conn, EVENT, EMAIL, keys, claimant="msg-1", lease=LEASE)
+    assert again.requests == {"refused": 1, "unknown": 2, "lost": 2}
+
+
 def test_a_claim_of_unknown_keys_claims_nothing(engine: Engine) -> None:
     with engine.begin() as conn:
         open_deliveries(conn, EVENT, EMAIL, ["a"])
@@ -448,11 +474,12 @@ def test_record_of_nothing_does_nothing(engine: Engine) -> None:
 # --------------------------------------------------------------------------- exhaust
 
 
-def test_exhaust_fails_only_the_unfinished_keys(engine: Engine) -> None:
-    keys = ["delivered", "failed", "acked", "retrying", "sending", "pending", "sent"]
+def test_exhaust_fails_only_the_keys_not_handed_to_the_provider(engine: Engine) -> None:
+    keys = ["delivered", "failed", "acked", "retrying", "sending", "pending", "sent", "held"]
     with engine.begin() as conn:
         open_deliveries(conn, EVENT, EMAIL, keys)
-        got = claim(conn, EVENT, EMAIL, keys, claimant="m", lease=LEASE)
+        got = claim(conn, EVENT, EMAIL, keys[:-1], claimant="m", lease=LEASE)
+        claim(conn, EVENT, EMAIL, ["held"], claimant="another", lease=LEASE)
         record(
             conn,
             [
@@ -460,7 +487,7 @@ def test_exhaust_fails_only_the_unfinished_keys(engine: Engine) -> None:
                 Receipt.failed(key("failed"), PermanentDeliveryError("550 gone", code="550")),
                 Receipt(key=key("acked"), status=S.ACKNOWLEDGED),
                 Receipt.failed(key("retrying"), TransientDeliveryError("421", code="421")),
-                Receipt(key=key("sent"), status=S.SENT),
+                Receipt(key=key("sent"), status=S.SENT, provider_message_id="SM1"),
             ],
             got.attempts,
         )
@@ -468,8 +495,8 @@ def test_exhaust_fails_only_the_unfinished_keys(engine: Engine) -> None:
         before = len(ledger_rows(conn))
 
     with engine.begin() as conn:
-        failed = exhaust(conn, EVENT, EMAIL, keys, "retries exhausted")
-    assert sorted(r.key.recipient_ref for r in failed) == ["pending", "retrying", "sending", "sent"]
+        failed = exhaust(conn, EVENT, EMAIL, keys, "retries exhausted", claimant="m")
+    assert sorted(r.key.recipient_ref for r in failed) == ["pending", "retrying", "sending"]
 
     with engine.connect() as conn:
         now = statuses(conn)
@@ -480,25 +507,30 @@ def test_exhaust_fails_only_the_unfinished_keys(engine: Engine) -> None:
             "retrying": "failed",
             "sending": "failed",
             "pending": "failed",
-            "sent": "failed",
+            "sent": "sent",  # the provider has it: its callback or reconciliation decides
+            "held": "sending",  # another message's claim, still live
         }
         new_rows = ledger_rows(conn)[before:]
-        assert sorted(r.recipient_ref for r in new_rows) == ["pending", "retrying", "sending", "sent"]
+        assert sorted(r.recipient_ref for r in new_rows) == ["pending", "retrying", "sending"]
         for row in new_rows:
-            assert (row.status, row.error_class, row.error_code, row.reason) == (
+            assert (row.status, row.error_class, row.error_code, row.reason, row.tries) == (
                 "failed",
                 "PermanentDeliveryError",
                 "retries-exhausted",
                 "retries exhausted",
+                0,
             )
             assert row.attempt == 1
         assert delivery(conn, "failed").error_code == "550"
         assert delivery(conn, "sending").error_code == "retries-exhausted"
-        assert unfinished_count(conn, [EVENT]) == 0
+        assert unfinished_count(conn, [EVENT]) == 2
 
     with engine.begin() as conn:
-        assert exhaust(conn, EVENT, EMAIL, keys, "retries exhausted") == []
-        assert len(ledger_rows(conn)) == before + 4
+        assert exhaust(conn, EVENT, EMAIL, keys, "retries exhausted", claimant="m") == []
+        assert len(ledger_rows(conn)) == before + 3
+        # A late verdict still applies to the message the provider had.
+        assert apply_status(conn, "SM1", S.DELIVERED, None)
+        assert statuses(conn)["sent"] == "delivered"
 
 
 # --------------------------------------------------------------------------- recipients
@@ -643,7 +675,7 @@ def test_ledger_and_deliveries_never_hold_an_email_address_or_phone_number(engin
                 Receipt(key=key(ref, channel), status=S.DELIVERED, provider_message_id="pm-1") for ref in got.attempts
             ]
             record(conn, receipts, got.attempts)
-        exhaust(conn, EVENT, "email", list(mapping.values()), "retries exhausted")
+        exhaust(conn, EVENT, "email", list(mapping.values()), "retries exhausted", claimant="m")
     assert problems.email and problems.phone  # the scenario did exercise the problem paths
 
     with engine.connect() as conn:

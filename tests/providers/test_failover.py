@@ -282,6 +282,33 @@ def test_sms_go_out_through_the_backup_account_which_also_answers_for_its_messag
     assert seen["unknown"].code == "20404"
 
 
+def test_an_sms_whose_outcome_is_unknown_is_not_sent_again_through_the_backup(
+    settings_for: Callable[..., Settings], engine: Engine, rdb: redis.Redis
+) -> None:
+    # Given a primary Twilio that takes every SMS but answers ``{}``, and a backup that works
+    with (
+        TwilioSandbox(faults={"rate_unreadable": 1.0, "unreadable_body": "empty-json"}, callback_retries=0) as primary,
+        TwilioSandbox(callback_retries=0) as backup,
+    ):
+        settings = settings_for(
+            twilio_base_url=primary.url,
+            public_url=f"http://127.0.0.1:{free_port()}",
+            sms_rate_per_second=500.0,
+            providers={"twilio-2": {"twilio_base_url": backup.url}},
+        )
+        channel = create_channel("sms", settings, engine, providers=("primary", "twilio-2"))
+        receipts: list[Receipt] = run(channel, lambda: channel.send(texts(3)))
+        rested = rdb.exists(cooldown_key(settings, "sms", "primary"))
+
+    # Then each went out once, through the primary only, and comes back as an unknown outcome
+    assert len(primary.messages) == 3 and backup.requests == []
+    assert [r.status for r in receipts] == [DeliveryStatus.RETRYING] * 3
+    assert all(r.error is not None and r.error.outcome_unknown for r in receipts)
+    assert all(r.may_have_gone_out and r.provider_message_id is None and r.tries == 1 for r in receipts)
+    assert {r.detail["provider"] for r in receipts} == {"primary"}
+    assert rested == 1, "the misbehaving provider still rests"
+
+
 def test_email_over_several_relays_does_not_claim_to_report_back(
     settings_for: Callable[..., Settings], engine: Engine, smtp_sink: SmtpSink
 ) -> None:

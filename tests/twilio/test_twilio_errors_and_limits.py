@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import json
 import threading
 import time
 import uuid
@@ -12,10 +13,14 @@ import aiohttp
 import pytest
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 
-from channels.sms import check_mobile
-from channels.twilio_provider import RateLimiter, callback_error, map_twilio_error
+from channels.base import Content, DeliveryKey, OutboundMessage, Receipt, Recipient
+from channels.phone import PhoneChannel
+from channels.sms import SmsChannel, check_mobile
+from channels.twilio_provider import RateLimiter, callback_error, map_create_error, map_twilio_error
 from worker.config import Settings
-from worker.errors import PermanentDeliveryError, TransientDeliveryError
+from worker.errors import PermanentDeliveryError, TransientDeliveryError, UnknownOutcomeError
+from worker.sandbox.twilio import TwilioSandbox
+from worker.statuses import DeliveryStatus
 
 
 def rest(status: int, code: int | None) -> TwilioRestException:
@@ -151,3 +156,94 @@ def test_the_bucket_arithmetic_keeps_every_sliding_second_within_the_limit(per_s
     most_in_one_second = limiter.limit * (1 + int(1000 // limiter.bucket_ms) + 1)
     assert limiter.limit * (1000 / limiter.bucket_ms) <= per_second
     assert most_in_one_second <= max(per_second, limiter.limit) + limiter.limit
+
+
+# --- create requests: what may have gone out is unknown ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "code"),
+    [
+        (rest(400, 21211), PermanentDeliveryError, "21211"),
+        (rest(429, 20429), TransientDeliveryError, "20429"),
+        (rest(429, None), TransientDeliveryError, "http-429"),
+        (rest(500, 20500), TransientDeliveryError, "20500"),
+        (rest(503, 20503), TransientDeliveryError, "20503"),
+        (service(500, 20500), TransientDeliveryError, "20500"),
+        (rest(502, None), UnknownOutcomeError, "http-502"),
+        (rest(502, 502), UnknownOutcomeError, "http-502"),  # twilio-python's code when the body is not Twilio's
+        (rest(504, None), UnknownOutcomeError, "http-504"),
+        (ConnectionRefusedError(), TransientDeliveryError, "connection"),
+        (aiohttp.ConnectionTimeoutError(), TransientDeliveryError, "timeout"),
+        (TimeoutError(), UnknownOutcomeError, "timeout"),
+        (aiohttp.SocketTimeoutError(), UnknownOutcomeError, "timeout"),
+        (aiohttp.ServerDisconnectedError(), UnknownOutcomeError, "connection-lost"),
+        (aiohttp.ClientPayloadError(), UnknownOutcomeError, "connection-lost"),
+        (json.JSONDecodeError("Expecting value", "<html>ok</html>", 0), UnknownOutcomeError, "unreadable-answer"),
+        (AttributeError("'list' object has no attribute 'get'"), UnknownOutcomeError, "unreadable-answer"),
+    ],
+)
+def test_create_errors_keep_their_meaning_only_when_nothing_went_out(exc: BaseException, kind: type, code: str) -> None:
+    error = map_create_error(exc)
+    assert type(error) is kind
+    assert error.code == code
+    assert error.outcome_unknown is (kind is UnknownOutcomeError)
+    assert error.transient is not (kind is PermanentDeliveryError)
+    assert "\n" not in error.message
+
+
+def test_a_connection_refused_by_the_os_is_certain(unused_port: int) -> None:
+    async def connect() -> BaseException:
+        async with aiohttp.ClientSession() as session:
+            try:
+                await session.post(f"http://127.0.0.1:{unused_port}/Messages.json", data={"To": "+1"})
+            except aiohttp.ClientError as exc:
+                return exc
+        raise AssertionError("nothing listens there")
+
+    error = map_create_error(asyncio.run(connect()))
+    assert type(error) is TransientDeliveryError and error.code == "connection"
+
+
+@pytest.fixture
+def unused_port() -> int:
+    from worker.serving import free_port
+
+    return free_port()
+
+
+@pytest.mark.parametrize(("channel", "body"), [("sms", "not-json"), ("sms", "empty-json"), ("phone", "alternate")])
+def test_an_unreadable_2xx_is_asked_once_and_never_recorded_as_a_sid(channel: str, body: str, redis_url: str) -> None:
+    numbers = ["+14155550123", "+14155550124"]
+    with TwilioSandbox(faults={"rate_unreadable": 1.0, "unreadable_body": body}, callback_retries=0) as sandbox:
+        settings = Settings(
+            broker_url=redis_url,
+            broker_namespace=f"herald-test-{uuid.uuid4().hex[:8]}",
+            twilio_base_url=sandbox.url,
+            twilio_tries=3,
+            sms_rate_per_second=500.0,
+            phone_rate_per_second=500.0,
+            public_url="http://127.0.0.1:9",
+        )
+        build = SmsChannel if channel == "sms" else PhoneChannel
+        sender = build(settings, retry_initial_s=0.01)
+        content = Content(cache_key="k", locale="en", subject="", text="Security notice: we reset your sessions.")
+        people = [Recipient(ref=f"r{n}", user_id=f"u{n}", phone=number) for n, number in enumerate(numbers)]
+        messages = [OutboundMessage(DeliveryKey("evt-u", p.ref, channel), p, content) for p in people]
+
+        async def scenario() -> list[Receipt]:
+            try:
+                return await sender.send(messages)
+            finally:
+                await sender.aclose()
+
+        receipts = asyncio.run(scenario())
+        accepted = len(sandbox.messages) + len(sandbox.calls)
+        asked = sorted(str(r.to) for r in sandbox.requests)
+
+    assert asked == numbers and accepted == 2, "one request per message: the provider took each"
+    for receipt in receipts:
+        assert receipt.status is DeliveryStatus.RETRYING and receipt.tries == 1
+        assert isinstance(receipt.error, UnknownOutcomeError)
+        assert receipt.error.code in {"no-sid", "unreadable-answer"}
+        assert receipt.provider_message_id is None and receipt.may_have_gone_out

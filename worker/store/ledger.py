@@ -8,13 +8,19 @@ A claim is a guarded UPDATE: only keys that are pending, retrying, or "sending" 
 expired lease (or under this very message, redelivered after its worker died) can be
 claimed. A redelivered batch therefore skips everything already delivered, and re-sends only
 what was claimed but never recorded: the duplicates are bounded by the batches in flight.
+
+Each claim also counts one provider request for its key (``deliveries.requests``), before the
+provider is called; recording the attempt gives it back when the receipt shows that nothing
+went out. What stays counted is every request that may have reached the person (accepted,
+outcome unknown, or lost with its worker), which the caller holds to a cap. Each attempt's
+ledger row carries the count after it, and ``tries``, every request the attempt made.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -83,10 +89,14 @@ _KEY = ("event_id", "recipient_ref", "channel", "step")
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """The keys one delivery message may send now, and those another worker still holds."""
+    """The keys one delivery message may send now, and those another worker still holds.
+
+    ``requests`` is each claimed key's count of provider requests, this claim's one included.
+    """
 
     attempts: dict[str, int]
     busy: list[str]
+    requests: dict[str, int] = field(default_factory=dict)
 
 
 def claim(
@@ -120,13 +130,17 @@ def claim(
         .values(
             status=sending,
             attempts=deliveries.c.attempts + 1,
+            requests=deliveries.c.requests + 1,
             claimed_by=claimant,
             lease_until=now + lease,
             updated_at=now,
         )
-        .returning(deliveries.c.recipient_ref, deliveries.c.attempts)
+        .returning(deliveries.c.recipient_ref, deliveries.c.attempts, deliveries.c.requests)
     )
-    attempts = {ref: attempt for ref, attempt in conn.execute(stmt)}
+    attempts: dict[str, int] = {}
+    counted: dict[str, int] = {}
+    for ref, attempt, requests in conn.execute(stmt):
+        attempts[ref], counted[ref] = attempt, requests
     unclaimed = [ref for ref in refs if ref not in attempts]
     busy: list[str] = []
     if unclaimed:
@@ -140,17 +154,26 @@ def claim(
             )
         )
         busy = [ref for (ref,) in rows]
-    return Claim(attempts=attempts, busy=busy)
+    return Claim(attempts=attempts, busy=busy, requests=counted)
 
 
-def record(conn: Connection, receipts: Sequence[Receipt], attempts: dict[str, int]) -> list[Move]:
+def record(
+    conn: Connection,
+    receipts: Sequence[Receipt],
+    attempts: Mapping[str, int],
+    counted: Mapping[str, int] | None = None,
+) -> list[Move]:
     """Append a ledger row per receipt and move each delivery's status forward, never back.
+
+    ``counted`` holds the request counts of the keys this batch claimed (``Claim.requests``):
+    a receipt of one of them that shows nothing went out gives its claim's request back.
 
     Returns the moves made by provider callbacks that had arrived before these receipts were
     recorded (see ``receive_provider_status``), so that routing sees them too.
     """
     if not receipts:
         return []
+    counted = counted or {}
     now = utcnow()
     ledger_rows: list[dict[str, Any]] = []
     by_status: dict[DeliveryStatus, list[dict[str, Any]]] = defaultdict(list)
@@ -162,6 +185,8 @@ def record(conn: Connection, receipts: Sequence[Receipt], attempts: dict[str, in
             "error_code": error.code if error else None,
             "reason": error.message if error else None,
         }
+        claimed = counted.get(key.recipient_ref)
+        refund = 1 if claimed is not None and not receipt.may_have_gone_out else 0
         ledger_rows.append(
             {
                 "event_id": key.event_id,
@@ -171,6 +196,7 @@ def record(conn: Connection, receipts: Sequence[Receipt], attempts: dict[str, in
                 "attempt": attempts.get(key.recipient_ref, 0),
                 "status": receipt.status.value,
                 "tries": receipt.tries,
+                "requests": claimed - refund if claimed is not None else None,
                 "segments": int(receipt.detail["segments"]) if "segments" in receipt.detail else None,
                 "provider": receipt.detail.get("provider"),
                 "recorded_at": now,
@@ -183,6 +209,7 @@ def record(conn: Connection, receipts: Sequence[Receipt], attempts: dict[str, in
                 "k_ref": key.recipient_ref,
                 "k_channel": key.channel,
                 "k_step": key.step,
+                "refund": refund,
                 "updated_at": now,
                 **fields,
             }
@@ -201,7 +228,12 @@ def record(conn: Connection, receipts: Sequence[Receipt], attempts: dict[str, in
                 deliveries.c.step == bindparam("k_step"),
                 _status_in(allowed),
             )
-            .values(status=status.value, claimed_by=None, lease_until=None)
+            .values(
+                status=status.value,
+                claimed_by=None,
+                lease_until=None,
+                requests=deliveries.c.requests - bindparam("refund"),
+            )
         )
         conn.execute(stmt, params)
     # Only a message the provider accepted but has not judged yet can have a callback waiting.
@@ -218,20 +250,35 @@ def _status_in(statuses: Iterable[DeliveryStatus]) -> ColumnElement[bool]:
 
 
 def exhaust(
-    conn: Connection, event_id: str, channel: str, refs: Sequence[str], reason: str, step: int = 0
+    conn: Connection,
+    event_id: str,
+    channel: str,
+    refs: Sequence[str],
+    reason: str,
+    step: int = 0,
+    *,
+    claimant: str,
 ) -> list[Receipt]:
-    """Give up on a batch's unfinished keys after the last retry: each becomes failed."""
+    """After the last retry, fail the batch's keys that are still herald's to send.
+
+    Pending and retrying keys fail, and sending ones held by this batch's own claim. A ``sent``
+    key is in the provider's hands and waits for its callback or reconciliation (a late
+    ``delivered`` must still apply); a key another message holds is that message's to finish.
+    """
     rows = conn.execute(
         select(deliveries.c.recipient_ref, deliveries.c.attempts).where(
             deliveries.c.event_id == event_id,
             deliveries.c.channel == channel,
             deliveries.c.step == step,
             deliveries.c.recipient_ref.in_(list(refs)),
-            deliveries.c.status.not_in([s.value for s in TERMINAL]),
+            or_(
+                deliveries.c.status.in_([DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value]),
+                and_(deliveries.c.status == DeliveryStatus.SENDING.value, deliveries.c.claimed_by == claimant),
+            ),
         )
     ).all()
     error = PermanentDeliveryError(reason, code="retries-exhausted")
-    receipts = [Receipt.failed(DeliveryKey(event_id, ref, channel, step), error) for ref, _ in rows]
+    receipts = [Receipt.failed(DeliveryKey(event_id, ref, channel, step), error, tries=0) for ref, _ in rows]
     record(conn, receipts, attempts={ref: attempt for ref, attempt in rows})
     return receipts
 
@@ -331,6 +378,7 @@ def apply_status(
             error_code=error.code if error else None,
             reason=error.message if error else None,
             tries=0,
+            requests=row.requests,
             recorded_at=now,
         )
     )

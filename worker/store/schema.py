@@ -128,6 +128,9 @@ deliveries = Table(
     Column("step", Integer, nullable=False, default=0),
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
+    # Provider requests that may have reached the person (accepted, or outcome unknown); one is
+    # counted in each claim, before the provider is called, and given back when nothing went out.
+    Column("requests", Integer, nullable=False, default=0, server_default="0"),
     Column("claimed_by", String(64), nullable=True),
     Column("lease_until", DateTime(timezone=True), nullable=True),
     Column("provider_message_id", String(255), nullable=True),
@@ -158,6 +161,9 @@ ledger = Table(
     Column("error_code", String(32), nullable=True),
     Column("reason", Text, nullable=True),
     Column("tries", Integer, nullable=False, default=1),
+    Column(
+        "requests", Integer, nullable=True
+    ),  # the key's count of requests that may have gone out, after this attempt
     Column("segments", Integer, nullable=True),  # SMS only: how many parts the carrier bills
     Column("provider", String(64), nullable=True),  # the backup provider that handled it; null = primary
     Column("recorded_at", DateTime(timezone=True), nullable=False),
