@@ -20,7 +20,7 @@ from support import Pipeline, Rig, every_type_at_once, incident, people, write_r
 
 from worker.config import Settings
 from worker.serving import free_port
-from worker.store.schema import deliveries, recipients
+from worker.store.schema import deliveries, event_contacts
 
 
 def phones(count: int) -> list[dict[str, str]]:
@@ -52,7 +52,10 @@ def sms_state(pipeline: Pipeline, event_id: str) -> tuple[dict[str, Any], dict[s
                 select(deliveries).where(deliveries.c.event_id == event_id, deliveries.c.channel == "sms")
             )
         }
-        number_of = {ref: phone for ref, phone in conn.execute(select(recipients.c.ref, recipients.c.phone))}
+        given = select(event_contacts.c.recipient_ref, event_contacts.c.phone).where(
+            event_contacts.c.event_id == event_id
+        )
+        number_of = {ref: phone for ref, phone in conn.execute(given)}  # inline numbers are the event's
     history: dict[str, list[Any]] = {ref: [] for ref in rows}
     for row in pipeline.ledger_rows(event_id):
         if row.channel == "sms":
@@ -159,7 +162,8 @@ def test_an_smtp_server_that_never_answers_the_final_dot_gets_each_message_at_mo
             pipeline.wait_terminal([event["event_id"]], timeout=90)
             rows, history = {}, {}
             with pipeline.engine.connect() as conn:
-                email_of = {ref: mail for ref, mail in conn.execute(select(recipients.c.ref, recipients.c.email))}
+                given = select(event_contacts.c.recipient_ref, event_contacts.c.email)
+                email_of = {ref: mail for ref, mail in conn.execute(given)}
                 for row in conn.execute(
                     select(deliveries).where(
                         deliveries.c.event_id == event["event_id"], deliveries.c.channel == "email"
