@@ -135,7 +135,8 @@ def page_path(slug: str, locale: str) -> str:
 
 
 def rfc3339(moment: datetime) -> str:
-    """A time as feeds want it: RFC 3339 in UTC, ``2026-11-23T14:05:00Z``."""
+    """A time as feeds want it: RFC 3339 in UTC, ``2026-11-23T14:05:00Z`` (in the moment's own
+    offset, still RFC 3339, when UTC cannot hold it: ``0001-01-01T00:00:00+01:00``)."""
     return as_utc(moment).isoformat().replace("+00:00", "Z")
 
 
