@@ -188,7 +188,8 @@ def create_app(settings: Settings, engine: Engine | None = None, broker: dramati
     try:
         site.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # the publishers report it and try again; serving goes on
-        log.warning("announcement site folder cannot be created (%s); it is served once it exists", exc.strerror)
+        reason = exc.strerror or type(exc).__name__
+        log.warning("announcement site folder cannot be created (%s); it is served once it exists", reason)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

@@ -245,18 +245,17 @@ def _unbuildable(rt: Runtime, target: announcements.Announcement, event_ids: lis
                     target.revision,
                     RouteMark.FAILED,
                     f"announcement {target.id} revision {target.revision} could not be built "
-                    f"({failures} of {BUILD_ATTEMPTS} tries): {reason}",
+                    f"(try {failures} in a row; people waiting give up after {BUILD_ATTEMPTS}): {reason}",
                     reference=target.id,
                 )
             ],
         )
         unreached = rt.router.abandon(conn, target, reason, utcnow()) if failures >= BUILD_ATTEMPTS else 0
     log.error(
-        "announcement %s revision %d could not be built (%d of %d tries)%s: %s",
+        "announcement %s revision %d could not be built (try %d in a row)%s: %s",
         target.id,
         target.revision,
         failures,
-        BUILD_ATTEMPTS,
         f"; {unreached} recipients waiting for it end unreached" if unreached else "",
         reason,
     )

@@ -16,7 +16,10 @@ own event), and templates that fail for one event or one announcement only.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -257,3 +260,15 @@ def test_an_announcement_whose_page_cannot_be_built_is_left_out_and_its_people_e
     for locale in ("en", "zh-CN"):
         assert listed(settings, locale) == {healthy_row.id}
     assert not (site / page_path(broken_row.id, "en")).exists()
+    # And the command line says so.
+    cli = subprocess.run(
+        [str(Path(sys.executable).parent / "herald"), "announcements", "list", "--json"],
+        env={**os.environ, **settings.as_env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    shown = {a["id"]: a for a in json.loads(cli.stdout)}
+    assert shown[broken_row.id]["failures"] == broken_row.failures
+    assert "UndefinedError" in shown[broken_row.id]["failure"] and shown[healthy_row.id]["failures"] == 0
