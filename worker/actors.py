@@ -215,7 +215,15 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, *, check: bool =
         hand_on(exhaust_batch(runtime, args[0], channel, args[1], claimant=claimant, step=step))
 
     def publish(announcement_id: str) -> None:
-        published = publish_announcement(runtime, announcement_id)
+        try:
+            published = publish_announcement(runtime, announcement_id)
+        except TransientDeliveryError as exc:
+            # A folder that cannot be written, a webhook away: one line, then dramatiq's
+            # Retries (a Retry is not logged with a traceback); the sweep takes over after them.
+            log.warning(
+                "announcement %s not published yet, will retry: %s (%s)", announcement_id, exc.message, exc.code
+            )
+            raise dramatiq.Retry(exc.message) from None
         if published is not None and published.again:
             publish_actor.send(announcement_id)
 

@@ -351,6 +351,8 @@ def announcements_list(
                         "published_revision": a.published_revision,
                         "first_public_at": a.first_public_at.isoformat() if a.first_public_at else None,
                         "url": f"{settings.resolved_announcements_url}/{page_path(a.id, 'en')}",
+                        "failures": a.failures,
+                        "failure": a.failure,
                     }
                     for a in unique
                 ],
@@ -363,16 +365,19 @@ def announcements_list(
         out.print("no announcements")
         return
     table = Table(title=f"Announcements ({settings.resolved_announcements_dir})")
-    for column in ("id", "topic", "revision", "public since (UTC)", "url"):
+    failing = any(a.failures for a in unique)
+    for column in ("id", "topic", "revision", "public since (UTC)", "url", *(("failed builds",) if failing else ())):
         table.add_column(column, overflow="fold")
     for a in unique:
         since = a.first_public_at.strftime("%Y-%m-%d %H:%M:%S") if a.first_public_at else "not yet"
+        failed = (f"{a.failures}: {a.failure}" if a.failures else "",) if failing else ()
         table.add_row(
             a.id,
             a.topic,
             f"{a.published_revision}/{a.revision}",
             since,
             f"{settings.resolved_announcements_url}/{page_path(a.id, 'en')}",
+            *failed,
         )
     out.print(table)
 

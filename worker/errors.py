@@ -96,3 +96,11 @@ class UnknownOutcomeError(TransientDeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """Retrying cannot succeed; the recipient needs another channel."""
+
+
+def failure_line(exc: BaseException, limit: int = 300) -> str:
+    """``OverflowError: date value out of range``: an exception as one line for a log or the
+    ledger, whitespace collapsed and cut to ``limit`` characters."""
+    message = " ".join(str(exc).split())
+    line = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"

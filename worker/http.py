@@ -60,10 +60,19 @@ THANKS = "Thank you. Your confirmation has been recorded. Goodbye."
 
 
 class PublicSite(StaticFiles):
-    """The published announcement site; the publishers' lock files (dot files) are not part of it."""
+    """The published announcement site; the publishers' lock files (dot files) are not part of it.
+
+    A folder that is not there (not yet published, or something else stands in its place)
+    answers 404 instead of failing: the rest of the app keeps serving.
+    """
+
+    async def check_config(self) -> None:
+        """Nothing to check up front: the folder may appear (or be repaired) at any time."""
 
     def lookup_path(self, path: str) -> tuple[str, os.stat_result | None]:
         if any(part.startswith(".") and part != "." for part in path.split("/")):
+            return "", None
+        if self.directory is None or not os.path.isdir(self.directory):
             return "", None
         return super().lookup_path(path)
 
@@ -207,7 +216,11 @@ def create_app(settings: Settings, engine: Engine | None = None, broker: dramati
             return JSONResponse({"status": "error", "database": type(exc).__name__}, status_code=503)
 
     site = settings.resolved_announcements_dir
-    site.mkdir(parents=True, exist_ok=True)
+    try:
+        site.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # the publishers report it and try again; serving goes on
+        reason = exc.strerror or type(exc).__name__
+        log.warning("announcement site folder cannot be created (%s); it is served once it exists", reason)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -222,7 +235,7 @@ def create_app(settings: Settings, engine: Engine | None = None, broker: dramati
             Route("/twilio/voice-status", voice_status, methods=["POST"]),
             Route("/twilio/gather", gather, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
-            Mount("/announcements", app=PublicSite(directory=site, html=True), name="announcements"),
+            Mount("/announcements", app=PublicSite(directory=site, html=True, check_dir=False), name="announcements"),
         ],
         lifespan=lifespan,
     )

@@ -30,7 +30,7 @@ import threading
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterable
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -40,7 +40,7 @@ import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from channels.base import Content
-from worker.clock import as_utc
+from worker.clock import as_utc, in_zone, utc_label, ymd_hm
 from worker.errors import ConfigurationError
 from worker.events import EVENT_TYPES, Event
 from worker.samples import sample_event
@@ -100,14 +100,20 @@ _RESOLVED_CACHE_SIZE = 1024
 
 
 def format_datetime(value: datetime | date) -> str:
-    """``2026-11-23 14:05 UTC``: one unambiguous form for every locale and reader's time zone."""
+    """``2026-11-23 14:05 UTC``: one unambiguous form for every locale and reader's time zone.
+
+    A moment UTC cannot hold (year 1 east of Greenwich) is shown in its own offset instead:
+    ``0001-01-01 00:00 UTC+01:00``.
+    """
     if isinstance(value, datetime):
-        return as_utc(value).strftime("%Y-%m-%d %H:%M UTC")
+        moment = as_utc(value)
+        return f"{ymd_hm(moment)} {utc_label(moment)}"
     return value.isoformat()
 
 
 def format_date(value: datetime | date) -> str:
-    """``2026-11-23`` (the UTC date): for days such as the one a policy takes effect."""
+    """``2026-11-23`` (the UTC date, or the moment's own where UTC cannot hold it): for days
+    such as the one a policy takes effect."""
     if isinstance(value, datetime):
         return as_utc(value).date().isoformat()
     return value.isoformat()
@@ -124,14 +130,19 @@ _SENTENCE_ENDS = ".!?。！？…"
 
 def spoken_datetime(value: datetime | date, locale: str = FALLBACK_LOCALE) -> str:
     """A UTC time as it reads aloud: ``November 23, 2026, at 14:05 UTC`` or
-    ``协调世界时2026年11月23日14点05分`` (``zh*`` locales)."""
+    ``协调世界时2026年11月23日14点05分`` (``zh*`` locales); a moment UTC cannot hold is read in
+    its own offset (``at 00:00 UTC+01:00``, ``UTC+01:00时间…``)."""
     moment = as_utc(value) if isinstance(value, datetime) else None
     day = moment.date() if moment is not None else value
+    zone = utc_label(moment) if moment is not None else "UTC"
     if _locale_key(locale).startswith("zh"):
         spoken = f"{day.year}年{day.month}月{day.day}日"
-        return f"协调世界时{spoken}{moment.hour}点{moment.minute:02d}分" if moment is not None else spoken
+        if moment is None:
+            return spoken
+        said = "协调世界时" if zone == "UTC" else f"{zone}时间"
+        return f"{said}{spoken}{moment.hour}点{moment.minute:02d}分"
     spoken = f"{_MONTHS[day.month - 1]} {day.day}, {day.year}"
-    return f"{spoken}, at {moment:%H:%M} UTC" if moment is not None else spoken
+    return f"{spoken}, at {moment.hour:02d}:{moment.minute:02d} {zone}" if moment is not None else spoken
 
 
 def squash(value: str) -> str:
@@ -196,19 +207,26 @@ def zone_or_utc(name: str | None) -> str:
 
 
 def format_local_date(value: datetime, time_zone: str = "UTC") -> str:
-    """The day a moment falls on in the reader's zone, ``2027-03-14``."""
-    return as_utc(value).astimezone(ZoneInfo(zone_or_utc(time_zone))).date().isoformat()
+    """The day a moment falls on in the reader's zone, ``2027-03-14`` (in its own offset
+    where the reader's zone cannot hold it)."""
+    moment = as_utc(value)
+    return (in_zone(moment, ZoneInfo(zone_or_utc(time_zone))) or moment).date().isoformat()
 
 
 def format_local(value: datetime, time_zone: str = "UTC") -> str:
     """A moment in the reader's zone, unambiguous in any language:
-    ``2027-03-14 06:00 (UTC-04:00, America/New_York)``; daylight saving shows in the offset."""
+    ``2027-03-14 06:00 (UTC-04:00, America/New_York)``; daylight saving shows in the offset.
+    A moment that cannot be converted is shown in its own offset: ``0001-01-01 00:00 (UTC+01:00)``."""
     zone = zone_or_utc(time_zone)
     if zone == "UTC":
         return format_datetime(value)
-    local = as_utc(value).astimezone(ZoneInfo(zone))
-    offset = local.strftime("%z")
-    return f"{local:%Y-%m-%d %H:%M} (UTC{offset[:3]}:{offset[3:]}, {zone})"
+    moment = as_utc(value)
+    local = in_zone(moment, ZoneInfo(zone))
+    if local is not None:
+        return f"{ymd_hm(local)} ({utc_label(local)}, {zone})"
+    if moment.utcoffset() == timedelta(0):
+        return format_datetime(moment)
+    return f"{ymd_hm(moment)} ({utc_label(moment)})"
 
 
 def _locale_key(locale: str) -> str:

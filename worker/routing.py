@@ -180,6 +180,38 @@ class Router:
             if not notes:
                 return total
 
+    def abandon(self, conn: Connection, announcement: announcements.Announcement, reason: str, now: datetime) -> int:
+        """Everyone waiting for an announcement that cannot be published ends unreached, with
+        ``reason`` in the ledger; returns how many."""
+        total = 0
+        while True:
+            waiting = routes.covering(conn, announcement.id)
+            if not waiting:
+                return total
+            notes: list[Note] = []
+            for event_id, refs in _group(waiting).items():
+                route = self.route_of(conn, event_id)
+                step = len(route.plan.stages) if route is not None else 0
+                moved = routes.finish(
+                    conn, event_id, refs, RouteOutcome.UNREACHED, now, from_outcomes=(RouteOutcome.COVERING,)
+                )
+                notes += [
+                    Note(
+                        event_id,
+                        ref,
+                        "announcement",
+                        step,
+                        RouteMark.UNREACHED,
+                        f"announcement {announcement.id} could not be published: {reason}",
+                        reference=announcement.id,
+                    )
+                    for ref in moved
+                ]
+            ledger.note(conn, notes)
+            total += len(notes)
+            if not notes:
+                return total
+
     # --- the state machine ---------------------------------------------------------------
 
     def _after(

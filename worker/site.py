@@ -34,7 +34,7 @@ from markupsafe import Markup
 
 from channels.base import Content
 from worker.clock import as_utc
-from worker.errors import ConfigurationError
+from worker.errors import ConfigurationError, failure_line
 from worker.rendering import FALLBACK_LOCALE, Renderer
 from worker.samples import sample_event
 
@@ -76,6 +76,14 @@ class AnnouncementView:
     updated_at: datetime
     revision: int
     entries: tuple[TimelineEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SiteBuild:
+    """The files of a site built announcement by announcement, and those left out, with why."""
+
+    files: dict[str, bytes]
+    left_out: dict[str, str]  # announcement id -> one line: why its pages could not be built
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +143,8 @@ def page_path(slug: str, locale: str) -> str:
 
 
 def rfc3339(moment: datetime) -> str:
-    """A time as feeds want it: RFC 3339 in UTC, ``2026-11-23T14:05:00Z``."""
+    """A time as feeds want it: RFC 3339 in UTC, ``2026-11-23T14:05:00Z`` (in the moment's own
+    offset, still RFC 3339, when UTC cannot hold it: ``0001-01-01T00:00:00+01:00``)."""
     return as_utc(moment).isoformat().replace("+00:00", "Z")
 
 
@@ -262,23 +271,69 @@ class SiteBuilder:
         """
         seen: set[str] = set()
         for view in announcements:
-            if not _SLUG.match(view.id) or len(view.id) > MAX_SLUG_CHARS:
-                raise ValueError(f"announcement id {view.id!r} is not a slug (see announcement_slug)")
+            _check_view(view)
             if view.id in seen:
                 raise ValueError(f"announcement id {view.id!r} appears twice")
-            if not view.entries:
-                raise ValueError(f"announcement {view.id!r} has no timeline entries")
             seen.add(view.id)
-        ordered = sorted(announcements, key=lambda v: (as_utc(v.updated_at), v.id), reverse=True)
+        return self._assemble({view.id: (view, self._pages(view)) for view in announcements}, generated_at)
+
+    def build_each(self, announcements: Sequence[AnnouncementView], *, generated_at: datetime) -> SiteBuild:
+        """The site, each announcement's pages built on their own: one whose pages (or whose
+        place in the indexes and feeds) cannot be built is left out, with why, and the indexes
+        and feeds list the others. Of a repeated id, the first is kept.
+
+        Raises:
+            ConfigurationError: the indexes or feeds fail even with every announcement that
+                fails on its own left out (a chrome template broken for all; ``check()``
+                finds this first).
+        """
+        left_out: dict[str, str] = {}
+        built: dict[str, tuple[AnnouncementView, dict[str, tuple[_Page, bytes]]]] = {}
+        for view in announcements:
+            if view.id in built or view.id in left_out:
+                continue
+            try:
+                _check_view(view)
+                built[view.id] = (view, self._pages(view))
+            except Exception as exc:  # anything one announcement's data can set off
+                left_out[view.id] = failure_line(exc)
+        try:
+            files = self._assemble(built, generated_at)
+        except Exception:
+            # Find the announcements the indexes or feeds cannot show, each on its own.
+            for announcement_id, one in list(built.items()):
+                try:
+                    self._assemble({announcement_id: one}, generated_at)
+                except Exception as exc:
+                    left_out[announcement_id] = failure_line(exc)
+                    del built[announcement_id]
+            files = self._assemble(built, generated_at)
+        return SiteBuild(files=files, left_out=left_out)
+
+    def _pages(self, view: AnnouncementView) -> dict[str, tuple[_Page, bytes]]:
+        """One announcement in every locale: what the indexes and feeds show, and its page."""
+        pages: dict[str, tuple[_Page, bytes]] = {}
+        for locale in self.locales:
+            page = self._page(view, locale)
+            pages[locale] = (page, self._render_page(page, locale))
+        return pages
+
+    def _assemble(
+        self, built: Mapping[str, tuple[AnnouncementView, Mapping[str, tuple[_Page, bytes]]]], generated_at: datetime
+    ) -> dict[str, bytes]:
+        """The built pages, and the feeds and indexes that list them."""
+        views = [view for view, _pages in built.values()]
+        ordered = sorted(views, key=lambda v: (as_utc(v.updated_at), v.id), reverse=True)
         updated = max((as_utc(v.updated_at) for v in ordered), default=as_utc(generated_at))
 
         pages: dict[str, bytes] = {}
         feeds: dict[str, bytes] = {}
         indexes: dict[str, bytes] = {}
         for locale in self.locales:
-            rendered = [self._page(view, locale) for view in ordered]
-            for page in rendered:
-                pages[page_path(page.slug, locale)] = self._render_page(page, locale)
+            rendered = [built[view.id][1][locale][0] for view in ordered]
+            for view in ordered:
+                page, html = built[view.id][1][locale]
+                pages[page_path(page.slug, locale)] = html
             feeds[f"{locale}/feed.atom"] = self._atom(rendered, locale, updated)
             feeds[f"{locale}/feed.json"] = self._json_feed(rendered, locale)
             indexes[f"{locale}/index.html"] = self._render_index(rendered, locale, updated)
@@ -449,6 +504,18 @@ class SiteBuilder:
             "items": items,
         }
         return (json.dumps(feed, ensure_ascii=False, indent=2) + "\n").encode("utf-8", "replace")
+
+
+def _check_view(view: AnnouncementView) -> None:
+    """Refuse an announcement no page can be built from.
+
+    Raises:
+        ValueError: the id is not a slug, or the announcement has no entries.
+    """
+    if not _SLUG.match(view.id) or len(view.id) > MAX_SLUG_CHARS:
+        raise ValueError(f"announcement id {view.id!r} is not a slug (see announcement_slug)")
+    if not view.entries:
+        raise ValueError(f"announcement {view.id!r} has no timeline entries")
 
 
 def _words(locale: str) -> SiteWords:

@@ -110,6 +110,8 @@ class RouteMark(str, Enum):
     COVERED = "covered"  # covered by the announcement named in ``provider_message_id``
     UNREACHED = "unreached"  # nothing left to try
     PUBLISHED = "published"  # the announcement itself went public (recipient ``public``)
+    PLAIN = "plain"  # an entry of the announcement went up in plain words: its templates failed (``public``)
+    FAILED = "failed"  # the announcement's pages could not be built; ``reason`` says why (``public``)
     SCHEDULED = "scheduled"  # a policy change's job is on the schedule, due when ``reason`` says
     CANCELLED = "cancelled"  # scheduled jobs cancelled: replaced by a new version, or by an operator
     RAN = "ran"  # a scheduled job did its work

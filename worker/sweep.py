@@ -11,7 +11,8 @@ runs this sweep, which finds what has stood still longer than allowed and pushes
   handed to their channel again (the claims make a second copy harmless);
 * messages still only ``sent`` long after the last reconciliation round should have asked
   the provider → asked once more, finally;
-* announcements with an unpublished change, and people waiting on one → published;
+* announcements with an unpublished change (unless its pages failed to build
+  ``BUILD_ATTEMPTS`` times in a row), and people waiting on one → published;
 * fan-outs that stopped moving → their current page is handed on again;
 * callbacks still waiting for their delivery after ``callback_retention_s`` → dropped (the
   send they answer was never recorded, and its key was sent again under another id).
@@ -28,6 +29,7 @@ from sqlalchemy import update
 
 from worker.clock import utcnow
 from worker.dispatch import Dispatch, cut
+from worker.publishing import BUILD_ATTEMPTS
 from worker.runtime import Runtime
 from worker.store import announcements, ledger, routes, schedules
 from worker.store.engine import read_only
@@ -108,7 +110,7 @@ def sweep(rt: Runtime) -> SweepResult:
         result.unconfirmed = dict(unconfirmed)
 
     with rt.engine.begin() as conn:
-        waiting = set(announcements.stalled(conn, stuck_before))
+        waiting = set(announcements.stalled(conn, stuck_before, give_up_after=BUILD_ATTEMPTS))
         announcements.touch(conn, sorted(waiting), now)
         result.dispatch.publish |= waiting
         result.republished = len(waiting)

@@ -611,3 +611,45 @@ def test_a_lone_surrogate_in_a_title_does_not_stop_the_site(renderer: Renderer, 
     assert "Broken ? title" in files["en/incident-inc-2026-0042.html"].decode()
     assert feedparser.parse(files["en/feed.atom"]).bozo == 0
     assert json.loads(files["en/feed.json"])["items"][0]["title"] == "Broken ? title"
+
+
+# --- one announcement never stops the others --------------------------------------------------
+
+
+def test_an_announcement_whose_page_fails_is_left_out_and_the_others_are_built(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(Settings().templates_dir, templates)
+    page = templates / "_site" / "zh-CN" / "page.html"
+    fault = '{% if page.slug == "broken" %}{{ page.no_such_field }}{% endif %}'
+    page.write_text(page.read_text(encoding="utf-8").replace("{% block content %}", "{% block content %}" + fault))
+    renderer = Renderer(templates)
+    site = SiteBuilder(renderer, locales=LOCALES, base_url=BASE_URL)
+    good = incident_view(renderer)
+    broken = dataclasses.replace(good, id="broken")
+    empty = AnnouncementView("empty", "security_incident", T0, T0, 1, ())
+
+    built = site.build_each([broken, good, empty, good], generated_at=T0)
+
+    assert set(built.left_out) == {"broken", "empty"}
+    assert "UndefinedError" in built.left_out["broken"] and "no timeline entries" in built.left_out["empty"]
+    assert not any("broken" in path or "empty" in path for path in built.files)
+    assert built.files == site.build([good], generated_at=T0)
+
+
+def test_an_announcement_the_index_cannot_show_is_left_out_of_every_index_and_feed(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(Settings().templates_dir, templates)
+    index = templates / "_site" / "en" / "index.html"
+    source = index.read_text(encoding="utf-8")
+    assert "{% for item in announcements %}" in source
+    fault = '{% if item.slug == "broken" %}{{ item.no_such_field }}{% endif %}'
+    index.write_text(source.replace("{% for item in announcements %}", "{% for item in announcements %}" + fault))
+    renderer = Renderer(templates)
+    site = SiteBuilder(renderer, locales=LOCALES, base_url=BASE_URL)
+    good = incident_view(renderer)
+    broken = dataclasses.replace(good, id="broken")
+
+    built = site.build_each([broken, good], generated_at=T0)
+
+    assert set(built.left_out) == {"broken"} and "UndefinedError" in built.left_out["broken"]
+    assert built.files == site.build([good], generated_at=T0)

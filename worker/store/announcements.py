@@ -3,11 +3,15 @@
 ``revision`` is bumped whenever the announcement's content changes (a new event of its
 topic); ``published_revision`` is the newest revision that is public. An announcement is
 public once ``first_public_at`` is set; the recipients it covers point at it by id.
+``failures`` counts the publications in a row whose pages could not be built, ``failure``
+says why the last one failed; both are cleared when a revision goes public, and a new
+revision starts the count again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +38,8 @@ class Announcement:
     first_public_at: datetime | None
     published_at: datetime | None
     updated_at: datetime
+    failures: int = 0
+    failure: str | None = None
 
     @property
     def public(self) -> bool:
@@ -52,6 +58,8 @@ def _from_row(row: Any) -> Announcement:
         first_public_at=as_utc(row.first_public_at) if row.first_public_at is not None else None,
         published_at=as_utc(row.published_at) if row.published_at is not None else None,
         updated_at=as_utc(row.updated_at),
+        failures=row.failures,
+        failure=row.failure,
     )
 
 
@@ -103,7 +111,7 @@ def bump(conn: Connection, topic: str, now: datetime) -> str | None:
     row = conn.execute(
         update(announcements)
         .where(announcements.c.topic == topic)
-        .values(revision=announcements.c.revision + 1, updated_at=now)
+        .values(revision=announcements.c.revision + 1, updated_at=now, failures=0)
         .returning(announcements.c.id)
     ).first()
     return row[0] if row is not None else None
@@ -121,9 +129,25 @@ def mark_published(conn: Connection, announcement_id: str, revision: int, now: d
             updated_at=now,
         )
     )
+    conn.execute(
+        update(announcements)
+        .where(announcements.c.id == announcement_id, announcements.c.failure.is_not(None))
+        .values(failures=0, failure=None)
+    )
     found = get(conn, announcement_id)
     assert found is not None
     return found
+
+
+def record_failure(conn: Connection, announcement_id: str, reason: str, now: datetime) -> int:
+    """Count one more publication whose pages could not be built, with why; returns the count."""
+    row = conn.execute(
+        update(announcements)
+        .where(announcements.c.id == announcement_id)
+        .values(failures=announcements.c.failures + 1, failure=reason, updated_at=now)
+        .returning(announcements.c.failures)
+    ).first()
+    return int(row[0]) if row is not None else 0
 
 
 def on_site(conn: Connection, including: str | None = None) -> list[Announcement]:
@@ -140,9 +164,10 @@ def every(conn: Connection) -> list[Announcement]:
     return [_from_row(row) for row in conn.execute(select(announcements).order_by(announcements.c.created_at))]
 
 
-def stalled(conn: Connection, before: datetime, limit: int = 100) -> list[str]:
+def stalled(conn: Connection, before: datetime, give_up_after: int, limit: int = 100) -> list[str]:
     """Announcements nobody has handed to a publisher since before ``before`` although they
-    have an unpublished change, or people still waiting for them to go public."""
+    have an unpublished change (unless its pages failed to build ``give_up_after`` times in a
+    row), or people still waiting for them to go public."""
     waiting = (
         select(routes.c.id)
         .where(routes.c.announcement_id == announcements.c.id, routes.c.outcome == RouteOutcome.COVERING.value)
@@ -152,7 +177,11 @@ def stalled(conn: Connection, before: datetime, limit: int = 100) -> list[str]:
         select(announcements.c.id)
         .where(
             announcements.c.updated_at < before,
-            (announcements.c.revision > announcements.c.published_revision) | waiting,
+            (
+                (announcements.c.revision > announcements.c.published_revision)
+                & (announcements.c.failures < give_up_after)
+            )
+            | waiting,
         )
         .limit(limit)
     )
@@ -171,3 +200,15 @@ def topic_events(conn: Connection, topic: str) -> list[str]:
         select(events.c.event_id).where(events.c.topic == topic).order_by(events.c.occurred_at, events.c.accepted_at)
     )
     return [event_id for (event_id,) in rows]
+
+
+def event_as_stored(conn: Connection, event_id: str) -> tuple[datetime, dict[str, Any]]:
+    """An event of a timeline as it was stored: when it occurred, and its JSON body, not
+    validated again (for an entry whose templates, or whose model, fail on it).
+
+    Raises:
+        sqlalchemy.exc.NoResultFound: no event has that id.
+    """
+    row = conn.execute(select(events.c.occurred_at, events.c.body).where(events.c.event_id == event_id)).one()
+    body = json.loads(row.body)
+    return as_utc(row.occurred_at), body if isinstance(body, dict) else {}

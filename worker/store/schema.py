@@ -232,6 +232,10 @@ announcements = Table(
     Column("published_at", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Publications in a row whose pages could not be built (reset when a revision goes up or
+    # a new one arrives), and the last one's reason: the bound on trying again.
+    Column("failures", Integer, nullable=False, default=0, server_default="0"),
+    Column("failure", Text, nullable=True),
 )
 
 # Periodic jobs shared by every worker process: whoever moves ``due_at`` on runs the job.
