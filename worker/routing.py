@@ -156,6 +156,37 @@ class Router:
     def cover(self, conn: Connection, announcement: announcements.Announcement, now: datetime) -> int:
         """Everyone waiting for this announcement is now covered by it; returns how many."""
         assert announcement.first_public_at is not None
+        return self._end_waiting(
+            conn,
+            announcement,
+            RouteOutcome.COVERED,
+            now,
+            lambda event_id, ref, step: _covered_note(event_id, ref, step, announcement),
+        )
+
+    def abandon(self, conn: Connection, announcement: announcements.Announcement, reason: str, now: datetime) -> int:
+        """Everyone waiting for an announcement that cannot be published ends unreached, with
+        ``reason`` in the ledger; returns how many."""
+        why = f"announcement {announcement.id} could not be published: {reason}"
+        return self._end_waiting(
+            conn,
+            announcement,
+            RouteOutcome.UNREACHED,
+            now,
+            lambda event_id, ref, step: Note(
+                event_id, ref, "announcement", step, RouteMark.UNREACHED, why, reference=announcement.id
+            ),
+        )
+
+    def _end_waiting(
+        self,
+        conn: Connection,
+        announcement: announcements.Announcement,
+        outcome: RouteOutcome,
+        now: datetime,
+        note_for: Callable[[str, str, int], Note],
+    ) -> int:
+        """Move everyone waiting for ``announcement`` to ``outcome``, a ledger row each; how many."""
         total = 0
         while True:
             waiting = routes.covering(conn, announcement.id)
@@ -169,44 +200,12 @@ class Router:
                     conn,
                     event_id,
                     refs,
-                    RouteOutcome.COVERED,
+                    outcome,
                     now,
-                    announcement_id=announcement.id,
+                    announcement_id=announcement.id if outcome is RouteOutcome.COVERED else None,
                     from_outcomes=(RouteOutcome.COVERING,),
                 )
-                notes += [_covered_note(event_id, ref, step, announcement) for ref in moved]
-            ledger.note(conn, notes)
-            total += len(notes)
-            if not notes:
-                return total
-
-    def abandon(self, conn: Connection, announcement: announcements.Announcement, reason: str, now: datetime) -> int:
-        """Everyone waiting for an announcement that cannot be published ends unreached, with
-        ``reason`` in the ledger; returns how many."""
-        total = 0
-        while True:
-            waiting = routes.covering(conn, announcement.id)
-            if not waiting:
-                return total
-            notes: list[Note] = []
-            for event_id, refs in _group(waiting).items():
-                route = self.route_of(conn, event_id)
-                step = len(route.plan.stages) if route is not None else 0
-                moved = routes.finish(
-                    conn, event_id, refs, RouteOutcome.UNREACHED, now, from_outcomes=(RouteOutcome.COVERING,)
-                )
-                notes += [
-                    Note(
-                        event_id,
-                        ref,
-                        "announcement",
-                        step,
-                        RouteMark.UNREACHED,
-                        f"announcement {announcement.id} could not be published: {reason}",
-                        reference=announcement.id,
-                    )
-                    for ref in moved
-                ]
+                notes += [note_for(event_id, ref, step) for ref in moved]
             ledger.note(conn, notes)
             total += len(notes)
             if not notes:
