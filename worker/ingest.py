@@ -36,11 +36,12 @@ from worker.events import (
     validate_event,
     without_contacts,
 )
+from worker.limits import EVENT_TYPE_CHARS, IDENTIFIER_CHARS
 from worker.redact import mask_email, mask_phone, redact
 from worker.scheduling import Scheduled
 from worker.store import announcements, event_contacts, recipients
 from worker.store.event_contacts import GivenContact
-from worker.store.intake import IntakeOutcome, accept_event, fanout_cursor, is_known, record_intake
+from worker.store.intake import IntakeOutcome, accept_event, fanout_cursor, is_known, record_intake, storable
 
 log = logging.getLogger("herald.ingest")
 
@@ -264,8 +265,8 @@ def _refusal(
     return Refusal(
         outcome=outcome,
         reason=reason,
-        event_id=event_id,
-        event_type=event_type,
+        event_id=storable(event_id, IDENTIFIER_CHARS),  # a producer's text: shown and logged, so bounded
+        event_type=storable(event_type, EVENT_TYPE_CHARS),
         size_bytes=len(raw),
         excerpt=excerpt_of(raw, obj),
         payload_sha256=hashlib.sha256(raw).hexdigest(),
