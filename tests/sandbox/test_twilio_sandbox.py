@@ -355,6 +355,65 @@ def test_fault_draws_are_reproducible_with_a_seed() -> None:
     assert {201, 429, 500} <= set(first)
 
 
+def test_unreadable_answers_alternate_and_the_messages_still_go_out(sandbox: TwilioSandbox, receiver: Receiver) -> None:
+    sandbox.set_faults(rate_unreadable=1.0)
+    client = sync_client(sandbox)
+    raw = [
+        httpx.post(
+            f"{sandbox.url}/2010-04-01/Accounts/{sandbox.account_sid}/Messages.json",
+            data={"To": TO, "From": FROM, "Body": "hi", "StatusCallback": receiver.url + "/status"},
+            auth=(sandbox.account_sid, sandbox.auth_token),
+        )
+        for _ in range(2)
+    ]
+    with pytest.raises(ValueError):  # the client cannot parse the HTML page
+        client.messages.create(to=TO, from_=FROM, body="hi", status_callback=receiver.url + "/status")
+    empty = client.calls.create(to=TO, from_=FROM, twiml="<Response/>")
+
+    assert [(r.status_code, r.text) for r in raw] == [(200, "<html>ok</html>"), (201, "{}")]
+    assert empty.sid is None  # what a client makes of ``{}``
+    assert len(sandbox.messages) == 3 and len(sandbox.calls) == 1
+    assert [(r.status_code, r.error_code, r.unreadable) for r in sandbox.requests] == [
+        (200, None, True),
+        (201, None, True),
+        (200, None, True),
+        (201, None, True),
+    ]
+    hits = receiver.wait(9)  # every accepted message still gets its callbacks
+    assert sorted(hit.params["MessageStatus"] for hit in hits).count("delivered") == 3
+    assert sandbox.max_in_window(60.0, accepted_only=True) == 4
+
+
+@pytest.mark.parametrize(("mode", "status", "body"), [("not-json", 200, "<html>ok</html>"), ("empty-json", 201, "{}")])
+def test_unreadable_answers_of_one_kind(sandbox: TwilioSandbox, mode: str, status: int, body: str) -> None:
+    sandbox.set_faults(rate_unreadable=1.0, unreadable_body=mode)
+    url = f"{sandbox.url}/2010-04-01/Accounts/{sandbox.account_sid}/Messages.json"
+    auth = (sandbox.account_sid, sandbox.auth_token)
+
+    answers = [httpx.post(url, data={"To": TO, "From": FROM, "Body": "x"}, auth=auth) for _ in range(3)]
+
+    assert {(a.status_code, a.text) for a in answers} == {(status, body)}
+    assert len(sandbox.messages) == 3
+
+
+def test_unreadable_share_comes_from_the_same_seeded_draws() -> None:
+    def draw(seed: int) -> list[tuple[int, bool]]:
+        with TwilioSandbox(faults={"rate_429": 0.3, "rate_unreadable": 0.3}, seed=seed) as sb:
+            client = sync_client(sb)
+            for _ in range(30):
+                with contextlib.suppress(TwilioRestException, ValueError):
+                    client.messages.create(to=TO, from_=FROM, body="x")
+            return [(r.status_code, r.unreadable) for r in sb.requests]
+
+    first = draw(11)
+    assert first == draw(11)
+    assert {(429, False), (201, False), (200, True), (201, True)} <= set(first)
+    with pytest.raises(ValueError, match="must not exceed 1"):
+        TwilioSandbox(faults={"rate_500": 0.5, "rate_unreadable": 0.6})
+    with pytest.raises(ValueError, match="unreadable_body"):
+        TwilioSandbox(faults={"unreadable_body": "xml"})
+
+
 @pytest.mark.parametrize(
     ("resource", "data", "code"),
     [

@@ -34,6 +34,8 @@ status  code    when
 404     20404   unknown resource, or an account SID other than the sandbox's
 429     20429   ``rate_429`` fault
 500     20500   ``rate_500`` fault
+200     none    ``rate_unreadable`` fault: ``<html>ok</html>`` (text/html), the create accepted
+201     none    ``rate_unreadable`` fault: ``{}``, the create accepted
 400     21604   message without ``To``
 400     21201   call without ``To``
 400     21211   ``To`` not E.164
@@ -49,6 +51,10 @@ status  code    when
 
 Faults (constructor ``faults=``, :meth:`TwilioSandbox.set_faults`, ``POST /_sandbox/faults``):
 ``rate_429``, ``rate_500`` (shares of create requests, drawn from a seeded ``random.Random``),
+``rate_unreadable`` (a share of create requests, from the same draws, that are accepted and
+processed as usual, callbacks and all, but answered with a body the client cannot read:
+``unreadable_body`` = ``alternate`` (the default: ``<html>ok</html>`` with 200, then ``{}``
+with 201, and so on), ``not-json`` or ``empty-json``),
 ``latency_s``, ``fail_numbers`` (create refused with that code), ``undelivered_numbers``
 (accepted, then ``undelivered`` with that code), ``failed_numbers`` (accepted, then
 ``failed`` with that code), ``silent_numbers`` (accepted and ``sent``, then no final status
@@ -204,6 +210,8 @@ class Faults:
 
     rate_429: float = 0.0
     rate_500: float = 0.0
+    rate_unreadable: float = 0.0
+    unreadable_body: str = "alternate"
     latency_s: float = 0.0
     fail_numbers: Mapping[str, int] = field(default_factory=dict)
     undelivered_numbers: Mapping[str, int] = field(default_factory=dict)
@@ -221,7 +229,7 @@ class Faults:
         if unknown:
             raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}")
         values: dict[str, Any] = {}
-        for key in ("rate_429", "rate_500", "latency_s"):
+        for key in ("rate_429", "rate_500", "rate_unreadable", "latency_s"):
             if key in changes:
                 value = changes[key]
                 if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
@@ -232,6 +240,10 @@ class Faults:
         for key in ("fail_numbers", "undelivered_numbers", "failed_numbers"):
             if key in changes:
                 values[key] = _code_map(key, changes[key])
+        if "unreadable_body" in changes:
+            if changes["unreadable_body"] not in UNREADABLE_BODIES:
+                raise ValueError(f"unreadable_body must be one of: {', '.join(UNREADABLE_BODIES)}")
+            values["unreadable_body"] = changes["unreadable_body"]
         if "silent_numbers" in changes:
             silent = changes["silent_numbers"]
             if isinstance(silent, str) or not isinstance(silent, list | tuple | set | frozenset):
@@ -249,8 +261,8 @@ class Faults:
                     )
             values["call_behaviour"] = {str(k): v for k, v in behaviours.items()}
         result = replace(self, **values)
-        if result.rate_429 + result.rate_500 > 1:
-            raise ValueError("rate_429 + rate_500 must not exceed 1")
+        if result.rate_429 + result.rate_500 + result.rate_unreadable > 1:
+            raise ValueError("rate_429 + rate_500 + rate_unreadable must not exceed 1")
         return result
 
     def to_dict(self) -> dict[str, Any]:
@@ -258,6 +270,8 @@ class Faults:
         return {
             "rate_429": self.rate_429,
             "rate_500": self.rate_500,
+            "rate_unreadable": self.rate_unreadable,
+            "unreadable_body": self.unreadable_body,
             "latency_s": self.latency_s,
             "fail_numbers": dict(self.fail_numbers),
             "undelivered_numbers": dict(self.undelivered_numbers),
@@ -265,6 +279,10 @@ class Faults:
             "silent_numbers": sorted(self.silent_numbers),
             "call_behaviour": dict(self.call_behaviour),
         }
+
+
+#: How ``rate_unreadable`` answers: both kinds in turn, or always one of them.
+UNREADABLE_BODIES = ("alternate", "not-json", "empty-json")
 
 
 def _code_map(key: str, value: Any) -> dict[str, int]:
@@ -349,6 +367,7 @@ class CreateRequest:
     status_code: int
     to: str | None
     error_code: int | None
+    unreadable: bool = False  # accepted, but answered with a body the client cannot read
 
 
 # --- the sandbox --------------------------------------------------------------------------
@@ -396,6 +415,7 @@ class TwilioSandbox:
         self._calls: dict[str, PlacedCall] = {}
         self._callbacks: list[Callback] = []
         self._requests: list[CreateRequest] = []
+        self._unreadable_count = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http: httpx.AsyncClient | None = None
@@ -524,7 +544,7 @@ class TwilioSandbox:
             (
                 r.at
                 for r in self.requests
-                if (endpoint is None or r.endpoint == endpoint) and (not accepted_only or r.status_code == 201)
+                if (endpoint is None or r.endpoint == endpoint) and (not accepted_only or r.error_code is None)
             ),
             window_s,
         )
@@ -559,6 +579,7 @@ class TwilioSandbox:
             if "seed" in changes:
                 self._seed = seed
                 self._rng = random.Random(seed)
+                self._unreadable_count = 0
             return self._faults
 
     def clear_faults(self) -> None:
@@ -566,6 +587,7 @@ class TwilioSandbox:
         with self._cond:
             self._faults = Faults()
             self._rng = random.Random(self._seed)
+            self._unreadable_count = 0
 
     def reset(self) -> None:
         """Forget every record, cancel pending callbacks and clear the faults (emails stay in the sink)."""
@@ -649,39 +671,56 @@ class TwilioSandbox:
         except ClientDisconnect:  # the client went away (a killed worker): nothing was asked
             return Response(status_code=499)
         to = params.get("To")
-        status, payload = self._answer_create(request, endpoint, params, faults)
+        status, payload, unreadable = self._answer_create(request, endpoint, params, faults)
+        garbled: Response | None = None
         with self._cond:
-            self._requests.append(
-                CreateRequest(arrived, endpoint, status, to, None if status == 201 else int(payload["code"]))
-            )
+            if unreadable:
+                garbled = self._unreadable_answer(faults.unreadable_body)
+                status = garbled.status_code
+            error_code = None if status in (200, 201) else int(payload["code"])
+            self._requests.append(CreateRequest(arrived, endpoint, status, to, error_code, unreadable))
             self._cond.notify_all()
+        if garbled is not None:
+            log.info("twilio sandbox: %s to %s accepted, answered unreadably (%s)", endpoint, mask_phone(to), status)
+            return garbled
         if status != 201:
             log.info("twilio sandbox: %s to %s refused %s/%s", endpoint, mask_phone(to), status, payload["code"])
             headers = {"WWW-Authenticate": 'Basic realm="Twilio API"'} if status == 401 else None
             return JSONResponse(payload, status_code=status, headers=headers)
         return JSONResponse(payload, status_code=201)
 
+    def _unreadable_answer(self, mode: str) -> Response:
+        """A 2xx the client cannot read: an HTML page with 200, or ``{}`` with 201 (call under the lock)."""
+        if mode == "alternate":
+            mode = "not-json" if self._unreadable_count % 2 == 0 else "empty-json"
+            self._unreadable_count += 1
+        if mode == "not-json":
+            return HTMLResponse("<html>ok</html>", status_code=200)
+        return Response("{}", status_code=201, media_type="application/json")
+
     def _answer_create(
         self, request: Request, endpoint: Endpoint, params: dict[str, str], faults: Faults
-    ) -> tuple[int, dict[str, Any]]:
+    ) -> tuple[int, dict[str, Any], bool]:
+        """(status, JSON body, answered unreadably) for one create request."""
         refused = self._check_auth(request)
         if refused is not None:
-            return refused
+            return (*refused, False)
         with self._cond:
             draw = self._rng.random()
         if draw < faults.rate_429:
-            return 429, error_body(20429, 429)
+            return 429, error_body(20429, 429), False
         if draw < faults.rate_429 + faults.rate_500:
-            return 500, error_body(20500, 500)
+            return 500, error_body(20500, 500), False
+        unreadable = draw < faults.rate_429 + faults.rate_500 + faults.rate_unreadable
         invalid = _validate_message(params) if endpoint == "messages" else _validate_call(params)
         if invalid is not None:
-            return invalid
+            return (*invalid, False)
         to = params["To"]
         if to in faults.fail_numbers:
-            return 400, error_body(faults.fail_numbers[to], 400, to=to)
+            return 400, error_body(faults.fail_numbers[to], 400, to=to), False
         if endpoint == "messages":
-            return 201, self._accept_message(params, faults)
-        return 201, self._accept_call(params, faults)
+            return 201, self._accept_message(params, faults), unreadable
+        return 201, self._accept_call(params, faults), unreadable
 
     def _check_auth(self, request: Request) -> tuple[int, dict[str, Any]] | None:
         user, password = _basic_credentials(request.headers.get("authorization", ""))
