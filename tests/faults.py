@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +46,8 @@ from worker.store.engine import make_engine, read_only
 from worker.store.intake import event_summary
 from worker.store.schema import deliveries, recipients, routes
 
+#: What each dramatiq worker process logs once it takes messages.
+READY = "Worker process is ready for action."
 #: Channels whose provider can receive one delivery twice (station letters cannot: one row per key).
 DUPLICABLE = ("email", "sms", "phone")
 #: Statuses that say the provider took the message, so its sink must have it.
@@ -52,7 +55,9 @@ _TAKEN = {"sent", "delivered", "acknowledged"}
 
 
 #: Settings every chaos scenario starts from: a dead worker's messages come back within seconds,
-#: the dead-man check runs every second and pushes on what stood still 5 s, retries are quick.
+#: the dead-man check runs every second and pushes on what stood still 5 s, retries are quick,
+#: and herald asks Twilio about an SMS or call without a final status after 10 s (and fails it
+#: after 30 s).
 QUICK: dict[str, Any] = {
     "broker_heartbeat_timeout_ms": 2_000,
     "broker_maintenance_chance": 1_000_000,
@@ -64,6 +69,8 @@ QUICK: dict[str, Any] = {
     "batch_size": 25,
     "record_every": 5,
     "smtp_connections": 2,
+    "confirmation_grace_s": 10.0,
+    "confirmation_rounds": 2,
 }
 
 
@@ -413,6 +420,8 @@ class ChaosRun:
         self.broker = build_broker(settings)
         self.engine = read_engine(settings.resolved_database_url)
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.others: list[subprocess.Popen[bytes]] = []
+        self._processes = 0
         self.faults: list[str] = []
         self.in_flight = 0
         self._last_fault: datetime | None = None
@@ -430,6 +439,27 @@ class ChaosRun:
             start_new_session=True,
         )
         self.workers.append(proc)
+        self._processes += processes
+        return proc
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Wait until every worker process started so far has said it is ready."""
+        self.wait_for(
+            lambda: self.log.exists() and self.log.read_text(errors="replace").count(READY) >= self._processes,
+            "the worker processes to be ready",
+            timeout,
+        )
+
+    def start_herald(self, *args: str) -> subprocess.Popen[bytes]:
+        """``herald ARGS…`` (e.g. ``scheduler``) with the run's settings, logging to the workers' log."""
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("herald")), *args],
+            env={**os.environ, **self.settings.as_env()},
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("ab"),
+            start_new_session=True,
+        )
+        self.others.append(proc)
         return proc
 
     def kill_workers(self) -> None:
@@ -439,11 +469,11 @@ class ChaosRun:
                 kill_group(proc)
 
     def check(self) -> None:
-        """Raise if a worker group this run did not kill has exited."""
-        for proc in self.workers:
+        """Raise if a process this run started and did not kill has exited."""
+        for proc in self.workers + self.others:
             code = proc.poll()
             if code is not None and code != -signal.SIGKILL:
-                raise AssertionError(f"a worker group exited with {code}:\n{self.log_tail()}")
+                raise AssertionError(f"{proc.args[:3]} exited with {code}:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -483,8 +513,8 @@ class ChaosRun:
         return wait_settled(self.engine, event_ids, timeout, check=self.check)
 
     def close(self) -> None:
-        """Stop every worker group (SIGTERM, then SIGKILL), the broker and the engine."""
-        for proc in self.workers:
+        """Stop every process the run started (SIGTERM, then SIGKILL), the broker and the engine."""
+        for proc in self.others + self.workers:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGCONT)
