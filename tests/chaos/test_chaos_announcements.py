@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from faults import QUICK, ChaosRun, Received, figures
+from faults import ONE_BACKEND, QUICK, ChaosRun, Received, figures
 from sqlalchemy import func, select
 from support import every_type_at_once, incident, people, write_routing
 
@@ -26,6 +26,7 @@ REACHABLE = 150
 UNREACHABLE = 150  # their email is refused for good: only the announcement can cover them
 
 
+@pytest.mark.parametrize("database_url", [ONE_BACKEND], indirect=True)
 def test_the_announcements_directory_unwritable_then_fixed_loses_nothing(
     chaos: Callable[[Settings], ChaosRun],
     make_settings: Callable[..., Settings],

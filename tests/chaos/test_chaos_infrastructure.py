@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from faults import QUICK, ChaosRun, OwnRedis, Received, figures
+from faults import ONE_BACKEND, QUICK, ChaosRun, OwnRedis, Received, figures
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from support import incident, people
@@ -23,6 +23,7 @@ REDIS_DOWN_S = 2.0
 PG_KILLS = 3
 
 
+@pytest.mark.parametrize("database_url", [ONE_BACKEND], indirect=True)
 def test_redis_restarted_mid_run_with_its_append_only_file_loses_nothing(
     chaos: Callable[[Settings], ChaosRun],
     make_settings: Callable[..., Settings],

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from faults import QUICK, ChaosRun, Received, figures
+from faults import ONE_BACKEND, QUICK, ChaosRun, Received, figures
 from sqlalchemy import func, select
 from support import Rig, every_type_at_once, incident, people, phones, write_routing
 
@@ -27,6 +27,7 @@ RECIPIENTS = 400
 OUTAGE_S = float(os.environ.get("HERALD_TEST_CHAOS_SMTP_OUTAGE_S", "20"))
 
 
+@pytest.mark.parametrize("database_url", [ONE_BACKEND], indirect=True)
 def test_the_smtp_server_down_then_back_loses_nothing(
     chaos: Callable[[Settings], ChaosRun], make_settings: Callable[..., Settings], smtp_sink: SmtpSink, backend: str
 ) -> None:
@@ -63,9 +64,10 @@ def test_the_smtp_server_down_then_back_loses_nothing(
     assert len({a for m in smtp_sink.messages for a in m.rcpt_tos}) == RECIPIENTS
 
 
-PEOPLE = 150
+PEOPLE = 120
 
 
+@pytest.mark.parametrize("database_url", [ONE_BACKEND], indirect=True)
 def test_a_twilio_peer_answering_429_500_and_unreadable_2xx_slowly_loses_nothing(
     chaos: Callable[[Settings], ChaosRun], rig: Rig, backend: str, tmp_path: Path
 ) -> None:
@@ -80,7 +82,7 @@ def test_a_twilio_peer_answering_429_500_and_unreadable_2xx_slowly_loses_nothing
     run = chaos(settings)
     event_id = run.publish(incident(phones(PEOPLE), severity="critical"))
     run.start_workers(threads=3)
-    done = run.settle([event_id], 150.0)
+    done = run.settle([event_id], 90.0)
 
     requests = rig.sandbox.requests
     refused = sum(1 for r in requests if r.status_code in (429, 500))

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from faults import QUICK, ChaosRun, Received, figures, paused, worker_processes
+from faults import ONE_BACKEND, QUICK, ChaosRun, Received, figures, paused, worker_processes
 from sqlalchemy import func, select
 from support import incident, people
 
@@ -53,6 +53,7 @@ def test_workers_sigkilled_three_times_in_a_row_mid_fanout(
     assert len({a for m in smtp_sink.messages for a in m.rcpt_tos}) == RECIPIENTS
 
 
+@pytest.mark.parametrize("database_url", [ONE_BACKEND], indirect=True)
 def test_a_worker_sigstopped_past_the_heartbeat_timeout_runs_its_batches_twice_within_the_bound(
     chaos: Callable[[Settings], ChaosRun], make_settings: Callable[..., Settings], smtp_sink: SmtpSink, backend: str
 ) -> None:
