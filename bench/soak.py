@@ -384,7 +384,7 @@ def soak_settings(
 
 
 def soak(args: argparse.Namespace) -> dict[str, Any]:
-    from faults import ChaosRun, OwnRedis, Received, figures, wait_settled
+    from faults import ChaosRun, OwnRedis, Received, wait_settled
     from sqlalchemy import func, select
 
     from worker.clock import as_utc
@@ -453,7 +453,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             texts=Counter({tuple(k): n for k, n in got["texts"]}),
             calls=Counter({tuple(k): n for k, n in got["calls"]}),
         )
-        result = figures(run.engine, event_ids, expected=expected, received=received, bound=run.bound)
+        result = run.figures(event_ids, expected=expected, received=received)
         terminal = [s.value for s in TERMINAL]
         with run.engine.connect() as conn:
             counts = outcome_counts(conn)

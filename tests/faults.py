@@ -11,7 +11,9 @@ Every run ends with the same figures, judged the same way:
   (number, TwiML));
 * **bound**: what the README promises about duplicates: only keys claimed but never
   recorded can be sent twice, at most ``HERALD_RECORD_EVERY`` per delivery batch in flight
-  at a fault. ``in_flight_batches`` counts those batches at the moment of each fault.
+  at a fault (``in_flight_batches`` counts those batches at the moment of each fault); and a
+  request whose outcome the provider left unknown may be sent again, at most
+  ``HERALD_MAX_PROVIDER_REQUESTS`` times per key in all (``unknown_outcomes``).
 
 The faults themselves are real: process groups are SIGKILLed or SIGSTOPped, a Redis of the
 run's own (append-only file, fsync always) is killed and restarted, servers are stopped.
@@ -44,7 +46,7 @@ from worker.serving import free_port
 from worker.statuses import ROUTE_TERMINAL, TERMINAL
 from worker.store.engine import make_engine, read_only
 from worker.store.intake import event_summary
-from worker.store.schema import deliveries, recipients, routes
+from worker.store.schema import deliveries, ledger, recipients, routes
 
 #: The one backend a scenario whose fault is outside the database runs on: PostgreSQL, as in
 #: production, when the tests have one, else SQLite. (The claims that bound duplicates are the
@@ -102,6 +104,20 @@ def in_flight_batches(engine: Engine, event_ids: Iterable[str] | None = None, *,
         stmt = stmt.where(deliveries.c.updated_at >= since)
     with read_only(engine) as conn:
         return int(conn.execute(stmt).scalar_one())
+
+
+def unknown_outcomes(engine: Engine, event_ids: Iterable[str], cap: int) -> int:
+    """The copies the README allows for outcomes a provider left unknown (an unreadable 2xx, a
+    timeout after the message data): one per attempt recorded with ``UnknownOutcomeError``, at
+    most ``cap - 1`` per key (``cap``: HERALD_MAX_PROVIDER_REQUESTS, requests per key)."""
+    key = (ledger.c.event_id, ledger.c.recipient_ref, ledger.c.channel, ledger.c.step)
+    stmt = (
+        select(func.count())
+        .where(ledger.c.event_id.in_(list(event_ids)), ledger.c.error_class == "UnknownOutcomeError")
+        .group_by(*key)
+    )
+    with read_only(engine) as conn:
+        return sum(min(int(n), cap - 1) for (n,) in conn.execute(stmt))
 
 
 def settled(engine: Engine, event_ids: Iterable[str]) -> bool:
@@ -503,10 +519,18 @@ class ChaosRun:
         self.faults.append(what)
         return batches
 
-    @property
-    def bound(self) -> int:
-        """The README's bound: batches in flight at the faults × HERALD_RECORD_EVERY."""
-        return self.in_flight * int(self.settings.record_every)
+    def bound(self, event_ids: Iterable[str]) -> int:
+        """The README's bound on duplicates: batches in flight at the faults × HERALD_RECORD_EVERY,
+        plus the resends it allows for unknown outcomes (see ``unknown_outcomes``)."""
+        # HERALD_MAX_PROVIDER_REQUESTS comes with the cap on requests per key; without it, an
+        # unknown outcome may not be sent twice at all.
+        cap = int(getattr(self.settings, "max_provider_requests", 1))
+        return self.in_flight * int(self.settings.record_every) + unknown_outcomes(self.engine, event_ids, cap)
+
+    def figures(self, event_ids: Iterable[str], *, expected: int, received: Received) -> Figures:
+        """The run's figures over ``event_ids`` (see ``figures``), judged against ``bound``."""
+        ids = list(event_ids)
+        return figures(self.engine, ids, expected=expected, received=received, bound=self.bound(ids))
 
     def wait_for(self, predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
         """``wait_for`` that also fails when a worker group died on its own."""

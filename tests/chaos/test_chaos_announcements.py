@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from faults import ONE_BACKEND, QUICK, ChaosRun, Received, figures
+from faults import ONE_BACKEND, QUICK, ChaosRun, Received
 from sqlalchemy import func, select
 from support import every_type_at_once, incident, people, write_routing
 
@@ -54,9 +54,7 @@ def test_the_announcements_directory_unwritable_then_fixed_loses_nothing(
     site.unlink()  # fixed: the directory can be created again
     done = run.settle([event_id], 90.0)
 
-    result = figures(
-        run.engine, [event_id], expected=REACHABLE + UNREACHABLE, received=Received.of(smtp_sink), bound=run.bound
-    )
+    result = run.figures([event_id], expected=REACHABLE + UNREACHABLE, received=Received.of(smtp_sink))
     print(
         "\n"
         + result.line(

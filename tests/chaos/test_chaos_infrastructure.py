@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from faults import ONE_BACKEND, QUICK, ChaosRun, OwnRedis, Received, figures
+from faults import ONE_BACKEND, QUICK, ChaosRun, OwnRedis, Received
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from support import incident, people
@@ -44,7 +44,7 @@ def test_redis_restarted_mid_run_with_its_append_only_file_loses_nothing(
     own_redis.start()
     done = run.settle([event_id], 120.0)
 
-    result = figures(run.engine, [event_id], expected=RECIPIENTS, received=Received.of(smtp_sink), bound=run.bound)
+    result = run.figures([event_id], expected=RECIPIENTS, received=Received.of(smtp_sink))
     print("\n" + result.line("redis-restart", backend, f"Redis SIGKILLed at {at_kill} emails, down {REDIS_DOWN_S:g} s"))
     assert at_kill < RECIPIENTS, "the restart came too late to land mid fan-out"
     assert done or result.lost, "not settled, yet nothing lost?"
@@ -88,7 +88,7 @@ def test_postgresql_connections_terminated_mid_run_lose_nothing(
         admin.dispose()
     done = run.settle([event_id], 120.0)
 
-    result = figures(run.engine, [event_id], expected=RECIPIENTS, received=Received.of(smtp_sink), bound=run.bound)
+    result = run.figures([event_id], expected=RECIPIENTS, received=Received.of(smtp_sink))
     note = f"{PG_KILLS} rounds of pg_terminate_backend killed {'+'.join(map(str, terminated))} connections"
     print("\n" + result.line("pg-terminate", backend, note))
     assert all(terminated), "a round found no connection to kill: the fault tested nothing"

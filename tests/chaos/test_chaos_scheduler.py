@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from faults import QUICK, ChaosRun, OwnRedis, Received, figures, kill_group
+from faults import QUICK, ChaosRun, OwnRedis, Received, kill_group
 from sqlalchemy import select
 from support import people, policy_change
 
@@ -71,7 +71,7 @@ def test_the_scheduler_killed_between_claim_and_enqueue_loses_nothing_and_runs_e
     done = run.settle([event_id], 90.0)
     run.wait_for(lambda: all(j.state is JobState.DONE for j in jobs(run, event_id)), "both jobs done", timeout=30)
 
-    result = figures(run.engine, [event_id], expected=RECIPIENTS, received=Received.of(smtp_sink), bound=run.bound)
+    result = run.figures([event_id], expected=RECIPIENTS, received=Received.of(smtp_sink))
     with read_only(run.engine) as conn:
         marks = Counter(
             (channel, status)

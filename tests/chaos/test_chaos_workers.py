@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from faults import ONE_BACKEND, QUICK, ChaosRun, Received, figures, paused, worker_processes
+from faults import ONE_BACKEND, QUICK, ChaosRun, Received, paused, worker_processes
 from sqlalchemy import func, select
 from support import incident, people
 
@@ -45,7 +45,7 @@ def test_workers_sigkilled_three_times_in_a_row_mid_fanout(
         run.start_workers(threads=3)
     done = run.settle([event_id], RECOVERY_S)
 
-    result = figures(run.engine, [event_id], expected=RECIPIENTS, received=Received.of(smtp_sink), bound=run.bound)
+    result = run.figures([event_id], expected=RECIPIENTS, received=Received.of(smtp_sink))
     print("\n" + result.line("sigkill-x3", backend, f"{run.in_flight} batches in flight at 3 kills"))
     assert done or result.lost, "not settled, yet nothing lost?"
     assert run.in_flight > 0, "no batch was in flight at any kill: the faults tested nothing"
@@ -75,7 +75,7 @@ def test_a_worker_sigstopped_past_the_heartbeat_timeout_runs_its_batches_twice_w
         time.sleep(heartbeat_s)
     done = run.settle([event_id], RECOVERY_S)
 
-    result = figures(run.engine, [event_id], expected=RECIPIENTS, received=Received.of(smtp_sink), bound=run.bound)
+    result = run.figures([event_id], expected=RECIPIENTS, received=Received.of(smtp_sink))
     print("\n" + result.line("sigstop", backend, f"stopped at {at_stop} emails until its batches ran again"))
     assert at_stop < RECIPIENTS, "the stop came too late to land mid fan-out"
     assert done or result.lost, "not settled, yet nothing lost?"
