@@ -45,6 +45,19 @@ def people(count: int, *, prefix: str = "u", domain: str = "example.com") -> lis
     ]
 
 
+def phones(count: int, prefix: str = "p") -> list[dict[str, str]]:
+    """People with mobile numbers: US numbers read English, Chinese numbers read Chinese."""
+    return [
+        {
+            "user_id": f"{prefix}{i:04d}",
+            "name": f"Person {i}",
+            "phone": f"+86139{i:08d}" if i % 2 else f"+1415555{i:04d}",
+            "locale": "zh-CN" if i % 2 else "en",
+        }
+        for i in range(count)
+    ]
+
+
 def incident(recipients: list[dict[str, Any]] | None = None, **data: Any) -> dict[str, Any]:
     """A complete security-incident event; keyword arguments override fields of ``data``."""
     now = datetime.now(UTC)

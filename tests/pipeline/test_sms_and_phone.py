@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import Pipeline, Rig, every_type_at_once, incident, start_workers, stop_workers, write_routing
+from support import Pipeline, Rig, every_type_at_once, incident, phones, start_workers, stop_workers, write_routing
 
 from worker.config import Settings
 from worker.events import parse_event
@@ -17,19 +17,6 @@ from worker.serving import free_port
 
 SID = "AC" + "1" * 32
 TOKEN = "pipeline-test-token"
-
-
-def phones(count: int, prefix: str = "p") -> list[dict[str, str]]:
-    """People with mobile numbers: US numbers read English, Chinese numbers read Chinese."""
-    return [
-        {
-            "user_id": f"{prefix}{i:04d}",
-            "name": f"Person {i}",
-            "phone": f"+86139{i:08d}" if i % 2 else f"+1415555{i:04d}",
-            "locale": "zh-CN" if i % 2 else "en",
-        }
-        for i in range(count)
-    ]
 
 
 @pytest.fixture
