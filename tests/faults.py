@@ -524,7 +524,7 @@ class ChaosRun:
         plus the resends it allows for unknown outcomes (see ``unknown_outcomes``)."""
         # HERALD_MAX_PROVIDER_REQUESTS comes with the cap on requests per key; without it, an
         # unknown outcome may not be sent twice at all.
-        cap = int(getattr(self.settings, "max_provider_requests", 1))
+        cap = self.settings.max_provider_requests
         return self.in_flight * int(self.settings.record_every) + unknown_outcomes(self.engine, event_ids, cap)
 
     def figures(self, event_ids: Iterable[str], *, expected: int, received: Received) -> Figures:

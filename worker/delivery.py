@@ -84,7 +84,7 @@ def deliver_batch(
 
     dispatch = Dispatch()
     receipts = _send_in_chunks(rt, channel, messages, claim, dispatch)
-    receipts += _record(rt, unsent, claim, dispatch)
+    receipts += _record(rt, unsent, claim, dispatch)[0]
 
     counts = Counter(r.status for r in receipts)
     outcome = BatchOutcome(
@@ -128,33 +128,54 @@ def _send_in_chunks(
     crash re-sends at most one chunk per batch in flight, not the whole batch. A channel that
     cannot duplicate anything (``Channel.idempotent``) sends the whole batch as one chunk.
     When a whole chunk comes back transient (the provider is down) the rest is not tried
-    this time.
+    this time. Each chunk after the first goes out only to the keys this claim still holds,
+    checked in the transaction that recorded the chunk before it (``ledger.still_held``): a
+    worker that was paused while its message went to another worker stops where it stands.
     """
     receipts: list[Receipt] = []
     sender = rt.channel(channel)
     size = len(messages) if sender.idempotent else rt.settings.record_every
+    chunk = messages[:size]
     for start in range(0, len(messages), size):
-        chunk = messages[start : start + size]
-        sent: list[Receipt] = rt.run(sender.send(chunk))
-        receipts += _record(rt, sent, claim, dispatch)
+        sent: list[Receipt] = rt.run(sender.send(chunk)) if chunk else []
+        following = messages[start + size : start + 2 * size]
+        recorded, held = _record(rt, sent, claim, dispatch, following=following)
+        receipts += recorded
+        taken = len(following) - len(held)
+        if taken:
+            log.warning(
+                "event %s %s: %d keys were taken over by another copy of this batch", claim.event_id, channel, taken
+            )
+        chunk = [m for m in following if m.key.recipient_ref in held]
         outage = next((r.error for r in sent if r.error is not None), None)
         if outage is not None and outage.transient and all(r.status is DeliveryStatus.RETRYING for r in sent):
             if outage.outcome_unknown:
                 outage = TransientDeliveryError(f"not attempted: {outage.message}", code=outage.code, provider=True)
-            rest = [Receipt.failed(m.key, outage, tries=0) for m in messages[start + size :]]
-            return receipts + _record(rt, rest, claim, dispatch)
+            rest = [Receipt.failed(m.key, outage, tries=0) for m in chunk + messages[start + 2 * size :]]
+            return receipts + _record(rt, rest, claim, dispatch)[0]
     return receipts
 
 
-def _record(rt: Runtime, receipts: list[Receipt], claim: ledger.Claim, dispatch: Dispatch) -> list[Receipt]:
-    """Hold receipts to the request cap, record them and route on them, in one transaction."""
-    if not receipts:
-        return []
+def _record(
+    rt: Runtime,
+    receipts: list[Receipt],
+    claim: ledger.Claim,
+    dispatch: Dispatch,
+    *,
+    following: Sequence[OutboundMessage] = (),
+) -> tuple[list[Receipt], set[str]]:
+    """Hold receipts to the request cap, record them and route on them, in one transaction;
+    in the same transaction, which keys of the ``following`` chunk the claim still holds."""
+    if not receipts and not following:
+        return [], set()
     receipts = held_to_cap(receipts, claim.requests, rt.settings.max_provider_requests)
+    lease = timedelta(seconds=rt.settings.lease_s)
     with rt.engine.begin() as conn:
-        moves = ledger.record(conn, receipts, claim.attempts, claim.requests)
-        dispatch.extend(rt.router.after_receipts(conn, receipts[0].key.event_id, receipts, moves, now=utcnow()))
-    return receipts
+        if receipts:
+            moves = ledger.record(conn, receipts, claim.attempts, claim.requests)
+            dispatch.extend(rt.router.after_receipts(conn, claim.event_id, receipts, moves, now=utcnow()))
+        held = ledger.still_held(conn, claim, [m.key.recipient_ref for m in following], lease)
+    return receipts, held
 
 
 def cap_error(cap: int, last: DeliveryError | None = None) -> DeliveryError:

@@ -32,6 +32,7 @@ from worker.store.ledger import (
     open_deliveries,
     outcome_counts,
     record,
+    still_held,
     unfinished_count,
 )
 from worker.store.recipients import ensure_users, import_csv, load, page_all, refs_for, upsert_people
@@ -285,6 +286,24 @@ def test_a_live_lease_keeps_other_claimants_out_but_lets_the_same_message_back_i
     assert again.busy == []
     with engine.connect() as conn:
         assert {delivery(conn, ref).attempts for ref in keys} == {2}
+
+
+def test_a_paused_copy_of_a_batch_keeps_only_the_keys_its_attempt_still_holds(engine: Engine) -> None:
+    """The attempt number fences a claim: a redelivered copy of the same message (same
+    claimant) that claimed some keys again leaves the paused original only the rest."""
+    keys = refs(6)
+    with engine.begin() as conn:
+        open_deliveries(conn, EVENT, EMAIL, keys)
+        paused = claim(conn, EVENT, EMAIL, keys, claimant="msg-1", lease=LEASE)
+    with engine.begin() as conn:
+        assert still_held(conn, paused, keys, LEASE) == set(keys)
+        copy = claim(conn, EVENT, EMAIL, keys[:4], claimant="msg-1", lease=LEASE)
+    assert copy.attempts == dict.fromkeys(keys[:4], 2)
+    with engine.begin() as conn:
+        assert still_held(conn, paused, keys, LEASE) == set(keys[4:])
+        assert still_held(conn, copy, keys, LEASE) == set(keys[:4])
+        record(conn, [Receipt(key(keys[0]), S.DELIVERED)], copy.attempts)
+        assert still_held(conn, copy, keys, LEASE) == set(keys[1:4])  # recorded: no longer held
 
 
 def test_after_the_lease_expires_another_claimant_can_claim(engine: Engine) -> None:

@@ -91,12 +91,18 @@ _KEY = ("event_id", "recipient_ref", "channel", "step")
 class Claim:
     """The keys one delivery message may send now, and those another worker still holds.
 
-    ``requests`` is each claimed key's count of provider requests, this claim's one included.
+    ``attempts`` is each claimed key's attempt number, which also fences the claim (see
+    ``still_held``); ``requests`` is each claimed key's count of provider requests, this
+    claim's one included.
     """
 
     attempts: dict[str, int]
     busy: list[str]
     requests: dict[str, int] = field(default_factory=dict)
+    event_id: str = ""
+    channel: str = ""
+    step: int = 0
+    claimant: str = ""
 
 
 def claim(
@@ -154,7 +160,43 @@ def claim(
             )
         )
         busy = [ref for (ref,) in rows]
-    return Claim(attempts=attempts, busy=busy, requests=counted)
+    return Claim(
+        attempts=attempts,
+        busy=busy,
+        requests=counted,
+        event_id=event_id,
+        channel=channel,
+        step=step,
+        claimant=claimant,
+    )
+
+
+def still_held(conn: Connection, claim: Claim, refs: Sequence[str], lease: timedelta) -> set[str]:
+    """Of ``refs``, the keys ``claim`` still holds, their leases renewed; the others were taken over.
+
+    A worker paused past its heartbeat (SIGSTOP, a machine that stalls) has its message handed
+    to another worker under the same message id, the claimant; that copy claims the keys
+    again, each with the next attempt number. The attempt number is the fence: the paused
+    worker, running again, sends only the keys whose attempt is still its own, so the two
+    copies overlap by at most the chunk each was sending.
+    """
+    if not refs:
+        return set()
+    now = utcnow()
+    stmt = (
+        update(deliveries)
+        .where(
+            deliveries.c.event_id == claim.event_id,
+            deliveries.c.channel == claim.channel,
+            deliveries.c.step == claim.step,
+            deliveries.c.recipient_ref.in_(list(refs)),
+            deliveries.c.claimed_by == claim.claimant,
+            deliveries.c.status == DeliveryStatus.SENDING.value,
+        )
+        .values(lease_until=now + lease, updated_at=now)
+        .returning(deliveries.c.recipient_ref, deliveries.c.attempts)
+    )
+    return {ref for ref, attempt in conn.execute(stmt) if attempt == claim.attempts.get(ref)}
 
 
 def record(
