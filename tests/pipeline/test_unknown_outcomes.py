@@ -183,7 +183,7 @@ def test_an_smtp_server_that_never_answers_the_final_dot_gets_each_message_at_mo
         assert 1 <= transmitted <= cap, (email_of[ref], transmitted)
         assert transmitted <= len(attempts)
         assert row.requests == transmitted
-        assert all(r.tries <= 1 for r in history[ref])
+        # (``tries`` may exceed 1: a connection refused or timed out before any data is tried again.)
         assert (row.status, row.error_code) == ("failed", "request-cap")
         assert {r.error_class for r in history[ref] if r.status == "retrying"} <= {
             "UnknownOutcomeError",
