@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from twilio.twiml.voice_response import VoiceResponse
 
 from channels.base import Channel, OutboundMessage, Receipt
-from channels.twilio_provider import TwilioProvider, call_verdict
+from channels.twilio_provider import TwilioProvider, call_verdict, callback_url
 from worker.config import Settings
 from worker.contacts import check_phone
 from worker.errors import DeliveryError, PermanentDeliveryError
@@ -77,7 +77,7 @@ class PhoneChannel(Channel):
             "to": checked.value,
             "from_": self.settings.twilio_from,
             "twiml": twiml,
-            "status_callback": self._status_url,
+            "status_callback": callback_url(self._status_url, message.key),
             "status_callback_event": ["initiated", "ringing", "answered", "completed"],
         }
         sid, error, tries = await self._provider.create(lambda client: client.calls.create_async(**params))

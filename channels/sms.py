@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import phonenumbers
 
 from channels.base import Channel, OutboundMessage, Receipt
-from channels.twilio_provider import TwilioProvider, message_verdict
+from channels.twilio_provider import TwilioProvider, callback_url, message_verdict
 from worker.config import Settings
 from worker.errors import DeliveryError, PermanentDeliveryError
 from worker.sms import segments
@@ -72,7 +72,11 @@ class SmsChannel(Channel):
             return Receipt.failed(message.key, problem, tries=0)
         body = message.content.text
         count = str(segments(body).segments)
-        params: dict[str, str] = {"to": str(message.recipient.phone), "body": body, "status_callback": self._callback}
+        params: dict[str, str] = {
+            "to": str(message.recipient.phone),
+            "body": body,
+            "status_callback": callback_url(self._callback, message.key),
+        }
         if self.settings.twilio_messaging_service_sid:
             params["messaging_service_sid"] = self.settings.twilio_messaging_service_sid
         else:

@@ -16,14 +16,16 @@ import math
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import aiohttp
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
+from channels.base import DeliveryKey
 from worker.config import Settings
 from worker.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError, UnknownOutcomeError
 from worker.statuses import UNCONFIRMED_CALL, DeliveryStatus
@@ -327,6 +329,23 @@ MESSAGE_STATUS = {
 }
 #: Call statuses that end a call without the person confirming.
 CALL_FAILED = frozenset({"busy", "no-answer", "failed", "canceled"})
+
+
+def callback_url(base: str, key: DeliveryKey) -> str:
+    """A status-callback URL that names the delivery it reports on.
+
+    The provider signs the whole URL with its callback, so the key cannot be forged; it lets
+    a callback settle a send whose answer herald could not read (no provider id was learned).
+    """
+    return f"{base}?{urlencode({'event': key.event_id, 'ref': key.recipient_ref, 'step': key.step})}"
+
+
+def key_in_callback(query: Mapping[str, str], channel: str) -> DeliveryKey | None:
+    """The delivery key a callback's URL names (see ``callback_url``), or None."""
+    event_id, ref, step = query.get("event"), query.get("ref"), query.get("step", "")
+    if not event_id or not ref or not step.isdigit():
+        return None
+    return DeliveryKey(event_id, ref, channel, int(step))
 
 
 def message_verdict(status: str, error_code: str | None) -> tuple[DeliveryStatus | None, PermanentDeliveryError | None]:

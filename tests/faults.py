@@ -46,7 +46,7 @@ from worker.serving import free_port
 from worker.statuses import ROUTE_TERMINAL, TERMINAL
 from worker.store.engine import make_engine, read_only
 from worker.store.intake import event_summary
-from worker.store.schema import deliveries, ledger, recipients, routes
+from worker.store.schema import deliveries, event_contacts, ledger, recipients, routes
 
 #: The one backend a scenario whose fault is outside the database runs on: PostgreSQL, as in
 #: production, when the tests have one, else SQLite. (The claims that bound duplicates are the
@@ -218,7 +218,11 @@ def figures(engine: Engine, event_ids: Iterable[str], *, expected: int, received
     texted = {number for number, _ in received.texts}
     called = {number for number, _ in received.calls}
     with read_only(engine) as conn:
-        phones = {ref: phone for ref, phone in conn.execute(select(recipients.c.ref, recipients.c.phone))}
+        stored = {ref: phone for ref, phone in conn.execute(select(recipients.c.ref, recipients.c.phone))}
+        given = select(event_contacts.c.event_id, event_contacts.c.recipient_ref, event_contacts.c.phone).where(
+            event_contacts.c.event_id.in_(ids)
+        )
+        inline = {(event_id, ref): phone for event_id, ref, phone in conn.execute(given)}
         people = {
             (event_id, ref): outcome
             for event_id, ref, outcome in conn.execute(
@@ -246,7 +250,7 @@ def figures(engine: Engine, event_ids: Iterable[str], *, expected: int, received
             continue
         if status not in _TAKEN:
             continue
-        phone = phones.get(ref)
+        phone = inline.get(person) or stored.get(ref)  # an event's own contacts first, as delivery reads them
         missing = (
             (channel == "email" and message_id_for(DeliveryKey(event_id, ref, channel, step)) not in received.emails)
             or (channel == "sms" and phone not in texted)

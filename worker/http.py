@@ -35,19 +35,22 @@ from starlette.staticfiles import StaticFiles
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import VoiceResponse
 
-from channels.twilio_provider import call_verdict, message_verdict
+from channels.base import DeliveryKey
+from channels.twilio_provider import call_verdict, key_in_callback, message_verdict
 from worker.broker import build_broker
 from worker.clock import utcnow
 from worker.config import Settings
 from worker.dispatch import Dispatch, enqueue
 from worker.errors import PermanentDeliveryError
 from worker.routing import Router
-from worker.settling import Settler
+from worker.settling import SETTLE_TASKS_MAX, Settler
 from worker.site import announcement_slug
 from worker.statuses import DeliveryStatus
 from worker.store.engine import make_engine, read_only
 from worker.store.ledger import (
     Move,
+    adopt_provider_id,
+    adoptable,
     apply_pending_callbacks,
     callbacks_waiting,
     is_recorded,
@@ -135,31 +138,54 @@ def create_app(settings: Settings, engine: Engine | None = None, broker: dramati
             return PlainTextResponse("invalid signature", status_code=403)
         return params
 
-    def apply(sid: str, status: DeliveryStatus, error: PermanentDeliveryError | None) -> Move | bool | None:
+    #: The delivery key each waiting callback's URL named (see ``channels.twilio_provider.callback_url``).
+    named: dict[str, DeliveryKey] = {}
+
+    def apply(
+        sid: str, status: DeliveryStatus | None, error: PermanentDeliveryError | None, key: DeliveryKey | None
+    ) -> Move | bool | None:
+        """Apply a callback (``status`` None: only learn the id); None when it must wait for its record."""
         with db.begin() as conn:
-            result = receive_provider_status(conn, sid, status, error)
-            dispatch = router.after_moves(conn, [result], utcnow()) if isinstance(result, Move) else Dispatch()
+            result = receive_provider_status(conn, sid, status, error) if status is not None else None
+            moves = [result] if isinstance(result, Move) else []
+            if result is None and key is not None:
+                # A send whose answer herald could not read: the callback names it, so it was sent.
+                adopted = adopt_provider_id(conn, key, sid)
+                if adopted is not None:
+                    log.info("message %s settles a send whose outcome was unknown", sid)
+                    moves, result = adopted, True
+            dispatch = router.after_moves(conn, moves, utcnow())
         hand_on(dispatch)
         return result
 
     def waiting_state(sid: str) -> bool | None:
         with read_only(db) as conn:
             if not callbacks_waiting(conn, sid):
+                named.pop(sid, None)
                 return None
-            return is_recorded(conn, sid)
+            key = named.get(sid)
+            return is_recorded(conn, sid) or (key is not None and adoptable(conn, key))
 
     def apply_waiting(sid: str) -> None:
+        key = named.pop(sid, None)
         with db.begin() as conn:
-            moves = apply_pending_callbacks(conn, [sid])
+            if is_recorded(conn, sid) or key is None:
+                moves = apply_pending_callbacks(conn, [sid])
+            else:
+                moves = adopt_provider_id(conn, key, sid) or []
             dispatch = router.after_moves(conn, moves, utcnow())
         hand_on(dispatch)
 
     settler = Settler(within_s=settings.callback_settle_s, state=waiting_state, apply=apply_waiting)
 
-    async def applied(sid: str, status: DeliveryStatus, error: PermanentDeliveryError | None) -> Move | bool | None:
+    async def applied(
+        sid: str, status: DeliveryStatus | None, error: PermanentDeliveryError | None, key: DeliveryKey | None
+    ) -> Move | bool | None:
         """Apply a callback; one that beat its delivery's record is looked after until it applies."""
-        result = await run_in_threadpool(apply, sid, status, error)
-        if result is None:
+        result = await run_in_threadpool(apply, sid, status, error, key)
+        if result is None and status is not None:
+            if key is not None and len(named) < 4 * SETTLE_TASKS_MAX:
+                named[sid] = key
             settler.schedule(sid)
         return result
 
@@ -172,9 +198,13 @@ def create_app(settings: Settings, engine: Engine | None = None, broker: dramati
         if not sid or status is None:
             return PlainTextResponse("unknown message status", status_code=400)
         log.info("message %s reported %s", sid, reported)
+        key = key_in_callback(request.query_params, "sms")
         if status is DeliveryStatus.SENT:
-            return Response(status_code=204)  # the worker recorded "sent" itself when Twilio accepted it
-        await applied(sid, status, error)
+            # The worker recorded "sent" itself when Twilio accepted it, unless it could not read the answer.
+            if key is not None:
+                await run_in_threadpool(apply, sid, None, None, key)
+            return Response(status_code=204)
+        await applied(sid, status, error, key)
         return Response(status_code=204)
 
     async def voice_status(request: Request) -> Response:
@@ -186,9 +216,12 @@ def create_app(settings: Settings, engine: Engine | None = None, broker: dramati
             return PlainTextResponse("CallSid and CallStatus are required", status_code=400)
         log.info("call %s reported %s", sid, reported)
         status, error = call_verdict(reported)
+        key = key_in_callback(request.query_params, "phone")
         if status is None:
-            return Response(status_code=204)  # still ringing or in progress
-        await applied(sid, status, error)
+            if key is not None:  # ringing or in progress: the call was placed, whatever its answer said
+                await run_in_threadpool(apply, sid, None, None, key)
+            return Response(status_code=204)
+        await applied(sid, status, error, key)
         return Response(status_code=204)
 
     async def gather(request: Request) -> Response:
@@ -198,7 +231,7 @@ def create_app(settings: Settings, engine: Engine | None = None, broker: dramati
         sid, digits = params.get("CallSid", ""), params.get("Digits", "")
         response = VoiceResponse()
         if sid and digits == "1":
-            await applied(sid, DeliveryStatus.ACKNOWLEDGED, None)
+            await applied(sid, DeliveryStatus.ACKNOWLEDGED, None, None)
             response.say(THANKS)
         else:
             response.say("That key was not recognised. Goodbye.")

@@ -734,6 +734,41 @@ def touch(conn: Connection, event_id: str, channel: str, step: int, refs: Sequen
     )
 
 
+def _unknown_outcome(key: DeliveryKey) -> ColumnElement[bool]:
+    """The key's delivery, while its last send's outcome is unknown and no provider id is known."""
+    return and_(
+        deliveries.c.event_id == key.event_id,
+        deliveries.c.recipient_ref == key.recipient_ref,
+        deliveries.c.channel == key.channel,
+        deliveries.c.step == key.step,
+        deliveries.c.provider_message_id.is_(None),
+        deliveries.c.status == DeliveryStatus.RETRYING.value,
+        deliveries.c.error_class == "UnknownOutcomeError",
+    )
+
+
+def adoptable(conn: Connection, key: DeliveryKey) -> bool:
+    """Whether a callback naming ``key`` could settle it (see ``adopt_provider_id``); a read."""
+    return conn.execute(select(deliveries.c.id).where(_unknown_outcome(key)).limit(1)).first() is not None
+
+
+def adopt_provider_id(conn: Connection, key: DeliveryKey, provider_message_id: str) -> list[Move] | None:
+    """Record the provider id a callback names for a send whose answer herald could not read.
+
+    The provider did take that message: it is ``sent`` under this id from now on (so it is not
+    sent again), and callbacks for the id that were waiting apply. Returns their moves, or
+    None when the key's delivery is not waiting on an unknown outcome (nothing changes).
+    """
+    stmt = select(deliveries.c.attempts).where(_unknown_outcome(key))
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    row = conn.execute(stmt).first()
+    if row is None:
+        return None
+    receipt = Receipt(key, DeliveryStatus.SENT, provider_message_id=provider_message_id, tries=0)
+    return record(conn, [receipt], {key.recipient_ref: row.attempts})
+
+
 def callbacks_waiting(conn: Connection, provider_message_id: str) -> bool:
     """Whether callbacks for this provider id still wait for their delivery to be recorded."""
     stmt = select(provider_callbacks.c.id).where(provider_callbacks.c.provider_message_id == provider_message_id)
