@@ -71,16 +71,10 @@ def test_the_scheduler_killed_between_claim_and_enqueue_loses_nothing_and_runs_e
     done = run.settle([event_id], 90.0)
     run.wait_for(lambda: all(j.state is JobState.DONE for j in jobs(run, event_id)), "both jobs done", timeout=30)
 
+    # The website notice's job hands the publication to a worker: wait for it to be public.
+    run.wait_for(lambda: public_marks(run, event_id)[("announcement", "published")] >= 1, "the notice public", 30)
     result = run.figures([event_id], expected=RECIPIENTS, received=Received.of(smtp_sink))
-    with read_only(run.engine) as conn:
-        marks = Counter(
-            (channel, status)
-            for channel, status in conn.execute(
-                select(ledger.c.channel, ledger.c.status).where(
-                    ledger.c.event_id == event_id, ledger.c.recipient_ref == "public"
-                )
-            )
-        )
+    marks = public_marks(run, event_id)
     print(
         "\n"
         + result.line(
@@ -95,6 +89,19 @@ def test_the_scheduler_killed_between_claim_and_enqueue_loses_nothing_and_runs_e
     assert marks[("schedule", "ran")] == 2, f"each job must do its work once: {dict(marks)}"
     assert marks[("announcement", "published")] == 1, f"the notice must go up once: {dict(marks)}"
     assert len({a for m in smtp_sink.messages for a in m.rcpt_tos}) == RECIPIENTS
+
+
+def public_marks(run: ChaosRun, event_id: str) -> Counter[tuple[str, str]]:
+    """The event's ledger rows about the public (scheduling, publication), by channel and status."""
+    with read_only(run.engine) as conn:
+        return Counter(
+            (channel, status)
+            for channel, status in conn.execute(
+                select(ledger.c.channel, ledger.c.status).where(
+                    ledger.c.event_id == event_id, ledger.c.recipient_ref == "public"
+                )
+            )
+        )
 
 
 def jobs(run: ChaosRun, event_id: str) -> list[schedules.ScheduledJob]:
