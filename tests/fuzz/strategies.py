@@ -16,6 +16,7 @@ contract when the limits change. "At the bound" values are valid by that schema.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 import string
@@ -40,17 +41,22 @@ class Payload:
     event_id: str | None = None  # the generated event_id, while the envelope still has it
 
     def fresh(self, marker: str) -> Payload:
-        """The same payload under an event_id no other example uses (its tail replaced by
-        ``marker``), so examples sharing a database never collide; a mutated id is kept."""
+        """The same payload under an event_id no other example uses (its tail a hash of the
+        id and ``marker``), so examples sharing a database never collide; a mutated id is kept."""
         if self.event_id is None:
             return self
-        new = self.event_id[: -len(marker)] + marker  # as long as before: sizes at a limit stay there
+        tail = hashlib.sha256(f"{self.event_id}/{marker}".encode()).hexdigest()
+        new = self.event_id[:7] + tail[: len(self.event_id) - 7]  # as long as before: sizes stay at a limit
         return Payload(self.label, self.text.replace(self.event_id, new), new)
 
     def __repr__(self) -> str:
         text = self.text
         shown = text if len(text) <= 400 else f"{text[:300]}…{text[-80:]}"
         return f"Payload({self.label!r}, {shown!r}, chars={len(text):,})"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """Hypothesis prints a falsifying example with this: clipped, never megabytes."""
+        printer.text(repr(self))
 
 
 @dataclass(frozen=True)
@@ -256,8 +262,19 @@ def when(moment: datetime, offset_minutes: int, style: int) -> str:
 _STYLES = st.integers(0, 2)
 
 
+#: Aware times at the calendar's ends: valid by the schema (an RFC 3339 date-time), hard on
+#: whatever converts them to UTC or adds a week.
+EARLIEST = ("0001-01-01T00:00:00+01:00", "0001-01-01T00:00:00+14:00", "0001-01-01T00:00:00Z")
+LATEST = ("9999-12-31T23:59:59-14:00", "9999-12-31T23:59:59Z", "9999-12-24T00:00:00+00:00")
+_EDGE_TIMES = st.sampled_from(EARLIEST + LATEST)
+_ONE_IN_TWENTY = st.integers(0, 19)
+
+
 def time_in(draw: st.DrawFn, after: datetime, span: timedelta) -> str:
-    """An aware time in ``[after, after + span]``, in a random offset and form."""
+    """An aware time in ``[after, after + span]``, in a random offset and form; one in twenty
+    at the calendar's ends instead."""
+    if draw(_ONE_IN_TWENTY) == 0:
+        return draw(_EDGE_TIMES)
     seconds = draw(st.integers(0, max(int(span.total_seconds()), 0)))
     return when(after + timedelta(seconds=seconds), draw(_OFFSETS), draw(_STYLES))
 
@@ -329,11 +346,11 @@ def opt_outs(draw: st.DrawFn) -> list[str]:
     """Channels a person opted out of: real ones, or as many names as the schema allows, each
     as long as its pattern allows."""
     kind = draw(st.integers(0, 9))
-    if kind <= 6:
+    if kind <= 5:
         return draw(st.lists(st.sampled_from(_CHANNEL_NAMES), max_size=3, unique=True))
     longest = _longest_channel_name()
     count = limit("opt_out", "maxItems") or 8
-    letters = draw(st.lists(st.sampled_from(string.ascii_lowercase), min_size=count, max_size=count))
+    letters = draw(st.lists(st.sampled_from(string.ascii_lowercase), min_size=count, max_size=count, unique=True))
     return [sized(letter + "opt_out-channel_", longest) for letter in letters]
 
 
@@ -357,7 +374,7 @@ def _recipients(draw: st.DrawFn, user_id: str | None) -> dict[str, Any]:
     if draw(st.booleans()):
         person["phone"] = draw(st.sampled_from(["+14155550123", "+8613812345678", "(415) 555-0123", "12"]))
     person["locale"] = draw(st.sampled_from(["en", "zh-CN", "zh_CN", "pt-BR", "xx", "not a locale"]))
-    if draw(st.booleans()):
+    if draw(st.integers(0, 9)) <= 6:
         person["opt_out"] = draw(opt_outs())
     if draw(st.booleans()):
         person["time_zone"] = draw(st.sampled_from(["Europe/Berlin", "Asia/Shanghai", "America/New_York", "Mars/Base"]))
@@ -451,6 +468,7 @@ def service_notices(draw: st.DrawFn, max_inline: int = 3) -> dict[str, Any]:
         "title": draw(lines("title", ("Database upgrade", "Login outage"))),
         "starts_at": when(start, draw(_OFFSETS), draw(st.integers(0, 2))),
         "ends_at": when(start + timedelta(minutes=minutes), draw(_OFFSETS), draw(st.integers(0, 2))),
+        **draw(st.sampled_from([{}] * 18 + [{"starts_at": EARLIEST[0]}, {"ends_at": LATEST[0]}])),
         "services": draw(st.lists(lines("services", ("api", "dashboard", "支付")), min_size=1, max_size=4)),
         "audience": draw(audiences(max_inline)),
     }
@@ -473,6 +491,8 @@ def policy_changes(draw: st.DrawFn, max_inline: int = 3, lead: timedelta = timed
     now = _now()
     envelope = draw(envelopes("policy_change", now))
     occurred = datetime.fromisoformat(envelope["occurred_at"].replace("Z", "+00:00"))
+    if not 1000 < occurred.year < 9000:
+        occurred = now  # at a calendar's end: the lead is judged from now, or cannot be judged at all
     substantial = draw(st.booleans())
     publish_at: datetime | None = None
     if draw(st.booleans()):
@@ -504,13 +524,17 @@ def policy_changes(draw: st.DrawFn, max_inline: int = 3, lead: timedelta = timed
     }
     if draw(st.booleans()):
         data["audience"] = draw(audiences(max_inline))
+    if draw(_ONE_IN_TWENTY) == 0:
+        data["effective_at"] = draw(st.sampled_from(LATEST))  # later than any lead asks
+        publish_at = None
     if publish_at is not None:
         data["publish_at"] = when(publish_at, draw(_OFFSETS), 2)
     start = publish_at or notice
-    if draw(st.booleans()) and effective - start > timedelta(hours=2):
+    at_the_end = data["effective_at"] in LATEST
+    if not at_the_end and draw(st.booleans()) and effective - start > timedelta(hours=2):
         data["notify_at"] = when(start + (effective - start) / 4, 0, 2)
         start = start + (effective - start) / 4
-    if draw(st.booleans()) and effective - start > timedelta(hours=2):
+    if not at_the_end and draw(st.booleans()) and effective - start > timedelta(hours=2):
         data["remind_at"] = when(start + (effective - start) / 2, draw(_OFFSETS), 2)
     if override:
         data["override"] = {
@@ -532,6 +556,86 @@ EVENT_BUILDERS: dict[str, Callable[..., st.SearchStrategy[dict[str, Any]]]] = {
 def valid_events(max_inline: int = 3) -> st.SearchStrategy[dict[str, Any]]:
     """A valid event of any of the four types."""
     return st.one_of(*(builder(max_inline) for builder in EVENT_BUILDERS.values()))
+
+
+# --------------------------------------------------------------------------- at the bounds
+
+#: One-line fields per type that an edge can fill to the published maximum.
+_LINE_FIELDS = {
+    "security_incident": ("title",),
+    "service_notice": ("title",),
+    "policy_change": ("document", "version", "title"),
+    "account_notice": (),
+}
+
+#: Characters that are not text but that today's validation lets through in one-line fields.
+_CONTROLS = ("\x00", "\x01", "\x1b[2J", "\x7f", "\x00\x01\x1b\x7f")
+
+
+def _long_opt_outs() -> list[str]:
+    count = limit("opt_out", "maxItems") or 8
+    return [sized(letter + "opt_out-channel_", _longest_channel_name()) for letter in string.ascii_lowercase[:count]]
+
+
+def _at_most(prop: str, unit: str) -> str:
+    top = limit(prop) or limit(prop, "itemMaxLength") or 300
+    return sized("x" + unit.strip(), top)[: top - 1] + "x"
+
+
+@st.composite
+def bounded_events(draw: st.DrawFn, max_inline: int = 3) -> tuple[dict[str, Any], str]:
+    """A valid event (by the published schema) pushed to its bounds in one to three ways:
+    every recipient with as many opt-outs as allowed, each as long as allowed; a one-line
+    field at its maximum length; a time at the calendar's ends; controls in a one-line field.
+    Returns the event and a label naming what was pushed."""
+    event = _clone(draw(valid_events(max_inline)))
+    kind, data = event["type"], event["data"]
+    edges = draw(st.sets(st.sampled_from(["opt-outs", "length", "date", "controls"]), min_size=1, max_size=3))
+    done: list[str] = []
+    if "opt-outs" in edges:
+        if kind == "account_notice":
+            data["recipient"] = {"user_id": data["user_id"], "email": "fz-edge@example.com"}
+            people = [data["recipient"]]
+        else:
+            audience = data.get("audience", {})
+            if "recipients" not in audience:
+                audience = data["audience"] = {
+                    "recipients": draw(st.lists(recipients(), min_size=1, max_size=max_inline))
+                }
+            people = audience["recipients"]
+        for person in people:
+            person["opt_out"] = _long_opt_outs()
+        done.append(f"opt-outs {len(_long_opt_outs())} × {_longest_channel_name()} for {len(people)} recipient(s)")
+    fields = [("data", f) for f in _LINE_FIELDS[kind]] + [("envelope", "source")]
+    if "length" in edges:
+        where, name = draw(st.sampled_from(fields))
+        value = _at_most(name, draw(st.sampled_from(RICH_UNITS)))
+        (data if where == "data" else event)[name] = value
+        done.append(f"{name} of {len(value)} characters")
+    if "controls" in edges:
+        where, name = draw(st.sampled_from(fields))
+        target = data if where == "data" else event
+        target[name] = str(target[name])[:200] + draw(st.sampled_from(_CONTROLS))
+        done.append(f"controls in {name}")
+    if "date" in edges:
+        if kind == "security_incident":
+            data["detected_at"] = draw(st.sampled_from(EARLIEST + LATEST))
+            done.append(f"detected_at {data['detected_at']}")
+        elif kind == "account_notice":
+            data["effective_at"] = draw(st.sampled_from(EARLIEST + LATEST))
+            done.append(f"effective_at {data['effective_at']}")
+        elif kind == "service_notice":
+            if draw(st.booleans()):
+                data["starts_at"] = draw(st.sampled_from(EARLIEST))
+            else:
+                data["ends_at"] = draw(st.sampled_from(LATEST))
+            done.append(f"window {data['starts_at']} to {data['ends_at']}")
+        else:
+            data["effective_at"] = draw(st.sampled_from(LATEST))
+            for later in ("notify_at", "remind_at"):
+                data.pop(later, None)
+            done.append(f"effective_at {data['effective_at']}")
+    return event, f"{kind} at the bounds: {'; '.join(done)}"
 
 
 # --------------------------------------------------------------------------- hostile values
@@ -809,6 +913,18 @@ def valid_payloads(max_inline: int = 3) -> st.SearchStrategy[Payload]:
 
 
 @functools.cache
+def bounded_payloads(max_inline: int = 3) -> st.SearchStrategy[Payload]:
+    """A valid event pushed to the bounds the schema publishes (see ``bounded_events``)."""
+
+    @st.composite
+    def build(draw: st.DrawFn) -> Payload:
+        event, label = draw(bounded_events(max_inline))
+        return Payload(label, to_json(event, ensure_ascii=draw(st.booleans())), event["event_id"])
+
+    return build()
+
+
+@functools.cache
 def mutated_payloads(family: str = "any", *, shapes: bool = False, max_inline: int = 3) -> st.SearchStrategy[Payload]:
     """A valid event with one value replaced by one of ``VALUES[family]``; with ``shapes``,
     also a key removed, an unknown key added or a key repeated."""
@@ -859,11 +975,31 @@ def payloads(*, max_inline: int = 3, max_bytes: int | None = None) -> st.SearchS
     return build()
 
 
+class Stream(list[Payload]):
+    """Payloads in the order they are published; shown as one clipped line per payload."""
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
+
+    def __repr__(self) -> str:
+        lines = [f"  {i:3d} {p.label[:90]!r} ({len(p.text):,} chars)" for i, p in enumerate(self)]
+        return f"Stream({len(self)} payloads:\n" + "\n".join(lines) + ")"
+
+
 @st.composite
-def streams(draw: st.DrawFn, *, min_size: int, max_size: int, max_inline: int = 3) -> list[Payload]:
-    """A stream of payloads as producers send them: some sent twice, some event_ids reused
-    with a different body (a conflict)."""
-    batch = draw(st.lists(payloads(max_inline=max_inline), min_size=min_size, max_size=max_size))
+def streams(draw: st.DrawFn, *, min_size: int, max_size: int, max_inline: int = 3) -> Stream:
+    """A stream of payloads as producers send them, each with its own event_id, with a few
+    valid events at the published bounds, some sent twice, and some event_ids reused with a
+    different body (a conflict)."""
+    batch = draw(
+        st.lists(
+            payloads(max_inline=max_inline),
+            min_size=min_size,
+            max_size=max_size,
+            unique_by=lambda p: p.event_id or p.text,
+        )
+    )
+    batch += draw(st.lists(bounded_payloads(max_inline), min_size=3, max_size=6))
     valid = [p for p in batch if p.label.startswith("valid ")]
     if valid:
         for payload in draw(st.lists(st.sampled_from(valid), max_size=len(valid) // 5)):
@@ -872,4 +1008,4 @@ def streams(draw: st.DrawFn, *, min_size: int, max_size: int, max_inline: int = 
             event = json.loads(payload.text)
             event["source"] = "fz-conflicting-copy"
             batch.append(Payload("same event_id, different body: " + payload.label, to_json(event), payload.event_id))
-    return draw(st.permutations(batch))
+    return Stream(draw(st.permutations(batch)))

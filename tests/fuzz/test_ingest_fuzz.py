@@ -20,7 +20,7 @@ from dramatiq.brokers.stub import StubBroker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
-from strategies import Payload, malformed_payloads, mutated_payloads, valid_payloads
+from strategies import Payload, bounded_payloads, malformed_payloads, mutated_payloads, valid_payloads
 
 from worker.actors import Actors, declare_actors
 from worker.config import Settings
@@ -123,6 +123,16 @@ COPIES = st.sampled_from([1, 1, 1, 2])
 @given(payload=valid_payloads(), copies=COPIES)
 def test_valid_events_of_every_type(ingest_rig: IngestRig, tally: Tally, payload: Payload, copies: int) -> None:
     """Valid events of the four types, with rich text and fields at the published maxima."""
+    _ingest_copies(ingest_rig, tally, payload, copies)
+
+
+@settings(FUZZ, max_examples=examples(150))
+@given(payload=bounded_payloads(), copies=COPIES)
+def test_valid_events_at_the_published_bounds(
+    ingest_rig: IngestRig, tally: Tally, payload: Payload, copies: int
+) -> None:
+    """Valid by the published schema and at its edges: the longest one-line fields, the most
+    and longest opt-outs, times at the calendar's ends, control characters in one-line fields."""
     _ingest_copies(ingest_rig, tally, payload, copies)
 
 
