@@ -1009,3 +1009,58 @@ def streams(draw: st.DrawFn, *, min_size: int, max_size: int, max_inline: int = 
             event["source"] = "fz-conflicting-copy"
             batch.append(Payload("same event_id, different body: " + payload.label, to_json(event), payload.event_id))
     return Stream(draw(st.permutations(batch)))
+
+
+# --------------------------------------------------------------------------- the wire
+
+
+@dataclass(frozen=True)
+class WireMessage:
+    """The ``args`` and ``kwargs`` of a raw dramatiq message, as bytes a producer in any
+    language writes with HSET (README, "Publishing from any language")."""
+
+    label: str
+    args: bytes
+    kwargs: bytes = b"{}"
+
+    def __repr__(self) -> str:
+        return f"WireMessage({self.label!r}, args={self.args[:160]!r}…({len(self.args):,} bytes))"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
+
+
+#: Byte sequences that are not UTF-8: a lone continuation byte, 0xFF, an overlong slash, an
+#: encoded surrogate, a truncated sequence, a five-byte form.
+INVALID_UTF8 = (b"\xff", b"\x80", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82", b"\xf8\x88\x80\x80\x80", b"\xc3\x28")
+
+
+#: The ways a raw message can break the wire contract, one strategy each (``wire_messages``).
+WIRE_BREAKS = ("invalid UTF-8", "object", "no argument", "two arguments", "not an event")
+
+
+@st.composite
+def wire_messages(draw: st.DrawFn, kind: str) -> WireMessage:
+    """One message that breaks the wire contract in the way ``kind`` names: invalid UTF-8
+    inside the event's text, the event as an object rather than a string, no argument (the
+    event as a keyword), two arguments, or an argument that is a number, null or a list."""
+    event = draw(valid_events(2))
+    text = to_json(event)
+    as_string = json.dumps(text, ensure_ascii=False).encode()
+    name = event["type"]
+    if kind == "invalid UTF-8":
+        bad = draw(st.sampled_from(INVALID_UTF8))
+        field = draw(st.sampled_from([b"source", b"event_id", b"type"]))
+        marker = b'\\"' + field + b'\\": \\"'
+        at = as_string.index(marker) + len(marker)
+        return WireMessage(
+            f"invalid UTF-8 {bad!r} inside the {field.decode()} of a {name}", as_string[:at] + bad + as_string[at:]
+        )
+    if kind == "object":
+        return WireMessage(f"a {name} as a JSON object, not a string", text.encode())
+    if kind == "no argument":
+        return WireMessage(f"no argument, a {name} as a keyword", b"", json.dumps({"payload": text}).encode())
+    if kind == "two arguments":
+        return WireMessage(f"two arguments: a {name} and null", as_string + b", null")
+    junk = draw(st.sampled_from([b"null", b"42", b"true", b"[]", b'{"event_id": 1}']))
+    return WireMessage(f"the argument is {junk.decode()}", junk)
