@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from typing import Any
 
 from hypothesis import HealthCheck, Phase, settings
 
@@ -55,6 +56,9 @@ class Tally(Counter[str]):
 
     #: The figures the README quotes, in this order; anything else counted follows.
     FIGURES = ("payloads", "accepted", "duplicate", "rejected", "raised", "events", "recipients", "terminal", "lost")
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text("tally")  # a falsifying example need not show the running counts
 
     def line(self) -> str:
         """The figures on one line, with the time since the test started."""
