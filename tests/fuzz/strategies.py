@@ -323,7 +323,6 @@ ODD_TIMES: tuple[Any, ...] = (
     Raw("NaN", "NaN"),
 )
 
-HOSTILE_TIMES = CALENDAR_ENDS + ODD_TIMES
 
 # --------------------------------------------------------------------------- audiences
 
