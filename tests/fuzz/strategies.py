@@ -581,15 +581,23 @@ def _at_most(prop: str, unit: str) -> str:
     return sized("x" + unit.strip(), top)[: top - 1] + "x"
 
 
+#: The ways ``bounded_events`` pushes a valid event to the bounds.
+EDGES = ("opt-outs", "length", "date", "controls")
+
+
 @st.composite
-def bounded_events(draw: st.DrawFn, max_inline: int = 3) -> tuple[dict[str, Any], str]:
+def bounded_events(
+    draw: st.DrawFn, max_inline: int = 3, kind: str | None = None, edges: tuple[str, ...] | None = None
+) -> tuple[dict[str, Any], str]:
     """A valid event (by the published schema) pushed to its bounds in one to three ways:
     every recipient with as many opt-outs as allowed, each as long as allowed; a one-line
     field at its maximum length; a time at the calendar's ends; controls in a one-line field.
+    ``kind`` and ``edges`` fix the event type and the ways; by default both are drawn.
     Returns the event and a label naming what was pushed."""
-    event = _clone(draw(valid_events(max_inline)))
+    event = _clone(draw(EVENT_BUILDERS[kind](max_inline) if kind else valid_events(max_inline)))
     kind, data = event["type"], event["data"]
-    edges = draw(st.sets(st.sampled_from(["opt-outs", "length", "date", "controls"]), min_size=1, max_size=3))
+    if edges is None:
+        edges = tuple(draw(st.sets(st.sampled_from(EDGES), min_size=1, max_size=3)))
     done: list[str] = []
     if "opt-outs" in edges:
         if kind == "account_notice":
@@ -912,12 +920,14 @@ def valid_payloads(max_inline: int = 3) -> st.SearchStrategy[Payload]:
 
 
 @functools.cache
-def bounded_payloads(max_inline: int = 3) -> st.SearchStrategy[Payload]:
+def bounded_payloads(
+    max_inline: int = 3, kind: str | None = None, edges: tuple[str, ...] | None = None
+) -> st.SearchStrategy[Payload]:
     """A valid event pushed to the bounds the schema publishes (see ``bounded_events``)."""
 
     @st.composite
     def build(draw: st.DrawFn) -> Payload:
-        event, label = draw(bounded_events(max_inline))
+        event, label = draw(bounded_events(max_inline, kind, edges))
         return Payload(label, to_json(event, ensure_ascii=draw(st.booleans())), event["event_id"])
 
     return build()
@@ -960,22 +970,6 @@ def malformed_payloads(max_inline: int = 3, max_bytes: int | None = None) -> st.
     return build()
 
 
-@functools.cache
-def payloads(*, max_inline: int = 3, max_bytes: int | None = None) -> st.SearchStrategy[Payload]:
-    """Any payload: about a third valid, the rest mutated, malformed or not an event at all."""
-
-    @st.composite
-    def build(draw: st.DrawFn) -> Payload:
-        kind = draw(st.integers(0, 99))
-        if kind < 35:
-            return draw(valid_payloads(max_inline))
-        if kind < 85:
-            return draw(mutated_payloads("any", shapes=True, max_inline=max_inline))
-        return draw(malformed_payloads(max_inline, max_bytes))
-
-    return build()
-
-
 class Stream(list[Payload]):
     """Payloads in the order they are published; shown as one clipped line per payload."""
 
@@ -988,19 +982,24 @@ class Stream(list[Payload]):
 
 
 @st.composite
-def streams(draw: st.DrawFn, *, min_size: int, max_size: int, max_inline: int = 3) -> Stream:
-    """A stream of payloads as producers send them, each with its own event_id, with a few
-    valid events at the published bounds, some sent twice, and some event_ids reused with a
-    different body (a conflict)."""
-    batch = draw(
-        st.lists(
-            payloads(max_inline=max_inline),
-            min_size=min_size,
-            max_size=max_size,
-            unique_by=lambda p: p.event_id or p.text,
-        )
-    )
-    batch += draw(st.lists(bounded_payloads(max_inline), min_size=3, max_size=6))
+def streams(draw: st.DrawFn, *, size: int, max_inline: int = 3) -> Stream:
+    """A stream of about ``size`` payloads as producers send them, each with its own event_id:
+    a third valid, half mutated, a sixth malformed, all different (even the simplest stream
+    hypothesis draws is varied); then valid events at the published bounds, some payloads sent
+    twice, and some event_ids reused with a different body (a conflict)."""
+
+    def some(strategy: st.SearchStrategy[Payload], count: int) -> list[Payload]:
+        return draw(st.lists(strategy, min_size=count, max_size=count, unique_by=lambda p: p.text))
+
+    batch = some(valid_payloads(max_inline), size // 3)
+    batch += some(mutated_payloads("any", shapes=True, max_inline=max_inline), size // 2)
+    batch += some(malformed_payloads(max_inline), size - size // 3 - size // 2)
+    # Each type with a time at the calendar's ends and with the most and longest opt-outs (what
+    # only the fan-out meets), then a few pushed at random.
+    for kind in EVENT_BUILDERS:
+        batch += [draw(bounded_payloads(max_inline, kind, (edge,))) for edge in ("date", "opt-outs")]
+    batch += draw(st.lists(bounded_payloads(max_inline), min_size=1, max_size=3))
+    batch = [payload.fresh(f"stream-{i}") for i, payload in enumerate(batch)]  # an event_id each
     valid = [p for p in batch if p.label.startswith("valid ")]
     if valid:
         for payload in draw(st.lists(st.sampled_from(valid), max_size=len(valid) // 5)):

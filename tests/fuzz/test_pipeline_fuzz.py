@@ -297,7 +297,7 @@ def _clip(payload: Payload) -> str:
 
 
 @settings(FUZZ, max_examples=examples(3), phases=NO_SHRINK)
-@given(stream=streams(min_size=60, max_size=70))
+@given(stream=streams(size=60))
 def test_a_fuzzed_stream_on_the_queue_is_recorded_and_every_accepted_event_reaches_everyone(
     make_settings: Callable[..., Settings], smtp_sink: SmtpSink, tmp_path: Path, tally: Tally, stream: Stream
 ) -> None:
