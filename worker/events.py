@@ -572,8 +572,8 @@ def body_digest(obj: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-_JSON_STRING = re.compile(r'"(?:[^"\\]+|\\.)*"', re.DOTALL)
-_JSON_BRACKETS = re.compile(r"[\[\]{}]")
+#: What nesting depends on: brackets, and the quotes and backslashes that say what is inside a string.
+_JSON_STRUCTURE = re.compile(r'[\[\]{}"\\]')
 #: A JSON escape that may spell half a surrogate pair (``\ud83d``).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -581,17 +581,28 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 def json_depth_exceeds(text: str, limit: int) -> bool:
     """Whether JSON text nests arrays and objects deeper than ``limit``, found without parsing it.
 
-    Brackets inside strings are not counted; malformed text is measured as far as it goes
-    (the parser refuses it afterwards), so a payload can never drive the parser into
-    recursion, whatever it holds.
+    One pass over the structural characters, in linear time whatever the text holds (no
+    regular expression that can backtrack over a string left open): brackets inside strings
+    are not counted, and malformed text is measured as far as it goes (the parser refuses it
+    afterwards), so a payload can never drive the parser into recursion.
     """
-    depth = 0
-    for match in _JSON_BRACKETS.finditer(_JSON_STRING.sub("", text)):
-        if match.group() in "[{":
+    depth, in_string, escaped = 0, False, -1
+    for match in _JSON_STRUCTURE.finditer(text):
+        at, char = match.start(), match.group()
+        if at == escaped:
+            continue
+        if in_string:
+            if char == "\\":
+                escaped = at + 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
             depth += 1
             if depth > limit:
                 return True
-        else:
+        elif char in "]}":
             depth -= 1
     return False
 
