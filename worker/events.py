@@ -104,7 +104,17 @@ Version = Annotated[
     AfterValidator(_non_blank),
 ]
 #: Every time in an event: with a zone, and inside herald's date range (``worker.limits``).
-Moment = Annotated[AwareDatetime, AfterValidator(_in_time_range)]
+Moment = Annotated[
+    AwareDatetime,
+    AfterValidator(_in_time_range),
+    Field(
+        description=f"with a time zone, in [{limits.EARLIEST.isoformat()}, {limits.LATEST.isoformat()})",
+        json_schema_extra={
+            "formatMinimum": limits.EARLIEST.isoformat(),
+            "formatExclusiveMaximum": limits.LATEST.isoformat(),
+        },
+    ),
+]
 _IDENTIFIER = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:@/-]{{0,{limits.IDENTIFIER_CHARS - 1}}}")
 
 
