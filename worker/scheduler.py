@@ -76,8 +76,11 @@ class Scheduler:
             claimed += len(jobs)
             for job in jobs:
                 publish(self.broker, job_message(job.id))
+            enqueued += len(jobs)
+            # A worker may already have run (and finished) a job before this records it; that
+            # job is simply not marked, so the count is of what went to the broker.
             with self.engine.begin() as conn:
-                enqueued += schedules.mark_enqueued(conn, [job.id for job in jobs], self.claimant, utcnow())
+                schedules.mark_enqueued(conn, [job.id for job in jobs], self.claimant, utcnow())
             log.info("handed %d due jobs to the workers", len(jobs))
             if len(jobs) < batch:
                 return Tick(claimed, enqueued)

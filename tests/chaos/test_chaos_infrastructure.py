@@ -52,6 +52,20 @@ def test_redis_restarted_mid_run_with_its_append_only_file_loses_nothing(
     assert len({a for m in smtp_sink.messages for a in m.rcpt_tos}) == RECIPIENTS
 
 
+#: pg_terminate_backend is PostgreSQL's: SQLite has no server whose connections could be killed.
+POSTGRESQL_ONLY = [
+    pytest.param(
+        "postgresql",
+        marks=pytest.mark.skipif(
+            not os.environ.get("HERALD_TEST_DATABASE_URL"),
+            reason="needs PostgreSQL: run with HERALD_TEST_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test"
+            " (as .ci/run does)",
+        ),
+    )
+]
+
+
+@pytest.mark.parametrize("database_url", POSTGRESQL_ONLY, indirect=True)
 def test_postgresql_connections_terminated_mid_run_lose_nothing(
     chaos: Callable[[Settings], ChaosRun],
     make_settings: Callable[..., Settings],
@@ -59,8 +73,6 @@ def test_postgresql_connections_terminated_mid_run_lose_nothing(
     database_url: str,
     backend: str,
 ) -> None:
-    if backend != "postgresql":
-        pytest.skip("pg_terminate_backend is PostgreSQL's: SQLite has no server whose connections could be killed")
     settings = make_settings(**QUICK)
     smtp_sink.latency(0.03)
     run = chaos(settings)
