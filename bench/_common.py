@@ -72,7 +72,7 @@ def mb(n: int) -> float:
 def make_recipients(count: int, tag: str, contact: Callable[[int], dict[str, str]]) -> list[dict[str, str]]:
     """``count`` people named like the demo's, ``contact(i)`` giving each one's address or
     number; every other one reads Chinese (zh-CN)."""
-    from worker.demo import _NAMES
+    from worker.cli.demo import _NAMES
 
     return [
         {
@@ -86,9 +86,9 @@ def make_recipients(count: int, tag: str, contact: Callable[[int], dict[str, str
 
 
 def make_event(tag: str, recipients: list[dict[str, str]]) -> dict[str, Any]:
-    """The demo's security incident (``worker.demo.demo_event``) as the bench's own, addressed
+    """The demo's security incident (``worker.cli.demo.demo_event``) as the bench's own, addressed
     inline to ``recipients``."""
-    from worker.demo import demo_event
+    from worker.cli.demo import demo_event
 
     event = demo_event(0)
     event["event_id"] = f"bench-{tag}-{uuid.uuid4().hex[:8]}"

@@ -66,8 +66,8 @@ def baseline_jobs(event_obj: dict[str, Any], from_header: str) -> list[tuple[str
     herald builds it: Renderer → Content → channels.email.build_template, once per locale."""
     from channels.email import build_template, one_line
     from worker.config import Settings
-    from worker.events import parse_event
-    from worker.rendering import Renderer
+    from worker.delivery.rendering import Renderer
+    from worker.intake.events import parse_event
 
     event = parse_event(event_obj, max_bytes=1 << 30)
     renderer = Renderer(Settings().templates_dir)

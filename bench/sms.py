@@ -225,8 +225,8 @@ class BaselineResult:
 
 def baseline_jobs(event_obj: dict[str, Any], settings: Any) -> list[tuple[str, str]]:
     """(number, body) per recipient, the body rendered exactly as herald's workers render it."""
-    from worker.events import parse_event
-    from worker.rendering import Renderer
+    from worker.delivery.rendering import Renderer
+    from worker.intake.events import parse_event
 
     event = parse_event(event_obj, max_bytes=1 << 30)
     renderer = Renderer(
@@ -348,7 +348,7 @@ def serve_command(port: int) -> list[str]:
     return [
         sys.executable,
         "-c",
-        "from worker.cli import main; main()",
+        "from worker.cli.commands import main; main()",
         "serve",
         "--host",
         "127.0.0.1",
@@ -412,7 +412,7 @@ def _wait_terminal(
 
 def run_herald(args: argparse.Namespace, sandbox: SandboxProcess, event_obj: dict[str, Any], run: int) -> HeraldResult:
     """One herald run on a fresh data dir, a fresh ``herald serve`` and fresh worker processes."""
-    from worker.serving import free_port
+    from worker.service.serving import free_port
     from worker.store.ledger import outcome_counts
 
     with common.HeraldRun(args, "herald-bench-sms-", clock=time.monotonic) as herald:

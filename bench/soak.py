@@ -387,9 +387,9 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     from faults import ChaosRun, OwnRedis, Received, wait_settled
     from sqlalchemy import func, select
 
-    from worker.clock import as_utc
-    from worker.serving import free_port
-    from worker.statuses import TERMINAL
+    from worker.core.clock import as_utc
+    from worker.core.statuses import TERMINAL
+    from worker.service.serving import free_port
     from worker.store.engine import make_engine, migrate
     from worker.store.ledger import outcome_counts
     from worker.store.schema import deliveries

@@ -21,7 +21,7 @@ from channels.insite import InsiteChannel
 from channels.phone import PhoneChannel
 from channels.sms import SmsChannel
 from worker.config import Settings
-from worker.errors import ConfigurationError
+from worker.core.errors import ConfigurationError
 
 ChannelFactory = Callable[[Settings, Engine], Channel]
 

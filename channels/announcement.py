@@ -2,7 +2,7 @@
 
 When people cannot be told one by one, the privacy policy promises an announcement. The
 worker decides when; this channel makes it public. It is not a per-recipient ``Channel``:
-it takes one ``Publication`` (every file of the site, from ``worker.site.SiteBuilder``) and
+it takes one ``Publication`` (every file of the site, from ``worker.announce.site.SiteBuilder``) and
 returns one ``PublishReceipt``.
 
 The site folder (``HERALD_ANNOUNCEMENTS_DIR``):
@@ -51,10 +51,10 @@ from typing import Any, ClassVar
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
-from worker.clock import utcnow
+from worker.announce.site import rfc3339
 from worker.config import Settings
-from worker.errors import ConfigurationError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
-from worker.site import rfc3339
+from worker.core.clock import utcnow
+from worker.core.errors import ConfigurationError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
 
 #: The lock file in the site folder; it is never deleted (that would let two writers in).
 LOCK_NAME = ".lock"

@@ -55,17 +55,18 @@ from aiosmtplib import (
 from aiosmtplib.typing import Default
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
-from channels.base import Channel, Content, DeliveryKey, OutboundMessage, Receipt
+from channels.base import Channel
 from worker.config import Settings
-from worker.errors import (
+from worker.core.errors import (
     ConfigurationError,
     DeliveryError,
     PermanentDeliveryError,
     TransientDeliveryError,
     UnknownOutcomeError,
 )
-from worker.redact import mask_email, mask_emails_in
-from worker.statuses import DeliveryStatus
+from worker.core.messages import Content, DeliveryKey, OutboundMessage, Receipt
+from worker.core.redact import mask_email, mask_emails_in
+from worker.core.statuses import DeliveryStatus
 
 #: Longest server text kept in an error message or receipt detail.
 MAX_REPLY_CHARS = 200

@@ -25,11 +25,12 @@ from typing import ClassVar, TypeVar
 
 import redis
 
-from channels.base import Channel, OutboundMessage, Receipt, ReportsBack
+from channels.base import Channel, ReportsBack
 from worker.broker import broker_url
 from worker.config import Settings
-from worker.errors import ConfigurationError, DeliveryError, HeraldError, PermanentDeliveryError
-from worker.statuses import DeliveryStatus
+from worker.core.errors import ConfigurationError, DeliveryError, HeraldError, PermanentDeliveryError
+from worker.core.messages import OutboundMessage, Receipt
+from worker.core.statuses import DeliveryStatus
 
 log = logging.getLogger("herald.failover")
 

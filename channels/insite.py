@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from channels.base import Channel, OutboundMessage, Receipt
-from worker.errors import TransientDeliveryError
-from worker.statuses import DeliveryStatus
+from channels.base import Channel
+from worker.core.errors import TransientDeliveryError
+from worker.core.messages import OutboundMessage, Receipt
+from worker.core.statuses import DeliveryStatus
 from worker.store.inbox import deliver_letters
 
 

@@ -13,13 +13,14 @@ from collections.abc import Sequence
 
 from twilio.twiml.voice_response import VoiceResponse
 
-from channels.base import Channel, OutboundMessage, Receipt
+from channels.base import Channel
 from channels.twilio_provider import TwilioProvider, call_verdict, callback_url
+from channels.voice import voice_for
 from worker.config import Settings
-from worker.contacts import check_phone
-from worker.errors import DeliveryError, PermanentDeliveryError
-from worker.statuses import DeliveryStatus
-from worker.voice import voice_for
+from worker.core.contacts import check_phone
+from worker.core.errors import DeliveryError, PermanentDeliveryError
+from worker.core.messages import OutboundMessage, Receipt
+from worker.core.statuses import DeliveryStatus
 
 PROMPTS = {
     "en": ("Press 1 to confirm you have heard this message.", "We did not receive a confirmation. Goodbye."),

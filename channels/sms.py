@@ -15,12 +15,13 @@ from collections.abc import Sequence
 
 import phonenumbers
 
-from channels.base import Channel, OutboundMessage, Receipt
+from channels.base import Channel
+from channels.sms_text import segments
 from channels.twilio_provider import TwilioProvider, callback_url, message_verdict
 from worker.config import Settings
-from worker.errors import DeliveryError, PermanentDeliveryError
-from worker.sms import segments
-from worker.statuses import DeliveryStatus
+from worker.core.errors import DeliveryError, PermanentDeliveryError
+from worker.core.messages import OutboundMessage, Receipt
+from worker.core.statuses import DeliveryStatus
 
 _MOBILE = {phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE}
 

@@ -25,10 +25,10 @@ from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
-from channels.base import DeliveryKey
 from worker.config import Settings
-from worker.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError, UnknownOutcomeError
-from worker.statuses import UNCONFIRMED_CALL, DeliveryStatus
+from worker.core.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError, UnknownOutcomeError
+from worker.core.messages import DeliveryKey
+from worker.core.statuses import UNCONFIRMED_CALL, DeliveryStatus
 
 T = TypeVar("T")
 
@@ -360,7 +360,7 @@ def call_verdict(status: str) -> tuple[DeliveryStatus | None, PermanentDeliveryE
 
     The keypress happens before the call ends, but its request may commit after the
     ``completed`` callback: a keypress recorded later replaces this failure
-    (``worker.statuses.overturnable``).
+    (``worker.core.statuses.overturnable``).
     """
     status = status.lower()
     if status in CALL_FAILED:

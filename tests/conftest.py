@@ -23,7 +23,7 @@ from support import Rig
 from worker.config import Settings
 from worker.sandbox.smtp_sink import SmtpSink
 from worker.sandbox.twilio import TwilioSandbox
-from worker.serving import free_port
+from worker.service.serving import free_port
 from worker.store.engine import make_engine, migrate
 
 PG_URL = os.environ.get("HERALD_TEST_DATABASE_URL", "")

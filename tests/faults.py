@@ -40,10 +40,10 @@ import psutil
 import redis
 from sqlalchemy import Engine, create_engine, func, select
 
-from channels.base import DeliveryKey
 from channels.email import message_id_for
-from worker.serving import free_port
-from worker.statuses import ROUTE_TERMINAL, TERMINAL
+from worker.core.messages import DeliveryKey
+from worker.core.statuses import ROUTE_TERMINAL, TERMINAL
+from worker.service.serving import free_port
 from worker.store.engine import make_engine, read_only
 from worker.store.intake import event_summary
 from worker.store.schema import deliveries, event_contacts, ledger, recipients, routes

@@ -21,9 +21,9 @@ from sqlalchemy import Engine, func, select
 from worker.actors import Actors, declare_actors
 from worker.broker import build_broker, ingest_message, publish, worker_command
 from worker.config import Settings
-from worker.http import create_app
 from worker.sandbox.twilio import TwilioSandbox
-from worker.serving import ServerThread
+from worker.service.http import create_app
+from worker.service.serving import ServerThread
 from worker.store.engine import make_engine
 from worker.store.intake import event_summary
 from worker.store.ledger import outcome_counts, unfinished_count

@@ -17,25 +17,25 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage, Middleware
 
 from channels import check_channels, check_providers
+from worker.announce.publishing import publish_announcement
+from worker.announce.site import SiteBuilder
 from worker.broker import CONTROL_QUEUE, FANOUT_QUEUE, INGEST_ACTOR, INGEST_QUEUE, delivery_queue
-from worker.clock import utcnow
 from worker.config import Settings
-from worker.delivery import deliver_batch, exhaust_batch
-from worker.dispatch import PUBLISH_ACTOR, Dispatch, enqueue
-from worker.errors import ConfigurationError, InvalidEvent, PermanentDeliveryError, TransientDeliveryError
-from worker.events import Event
-from worker.fanout import finish_page, plan_page
-from worker.ingest import ingest as ingest_payload
-from worker.publishing import publish_announcement
-from worker.reconcile import reconcile
+from worker.core.clock import utcnow
+from worker.core.errors import ConfigurationError, InvalidEvent, PermanentDeliveryError, TransientDeliveryError
+from worker.deadman import claim_timer, sweep
+from worker.delivery.deliver import deliver_batch, exhaust_batch
+from worker.delivery.reconcile import reconcile
+from worker.fanout.outbox import PUBLISH_ACTOR, Dispatch, enqueue
+from worker.fanout.pages import finish_page, plan_page
+from worker.intake.events import Event
+from worker.intake.ingest import ingest as ingest_payload
 from worker.runtime import Runtime
-from worker.scheduler import RUN_ACTOR
-from worker.scheduling import run_job
-from worker.site import SiteBuilder
+from worker.schedule.jobs import run_job
+from worker.schedule.scheduler import RUN_ACTOR
 from worker.store import schedules
 from worker.store.engine import read_only, schema_is_current
 from worker.store.intake import IntakeOutcome, fanout_cursor
-from worker.sweep import claim_timer, sweep
 
 log = logging.getLogger("herald.actors")
 

@@ -16,7 +16,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, default_middleware
 
 from worker.config import Settings
-from worker.errors import BrokerUnavailable
+from worker.core.errors import BrokerUnavailable
 from worker.queue_encoding import INGEST_ACTOR, INGEST_QUEUE, ForgivingJSONEncoder
 
 __all__ = ["INGEST_ACTOR", "INGEST_QUEUE"]

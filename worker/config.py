@@ -17,8 +17,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from worker.contacts import SPECIAL_USE_DOMAINS
-from worker.events import NoticeRules
+from worker.core.contacts import SPECIAL_USE_DOMAINS
+from worker.intake.events import NoticeRules
 
 #: Where the repository's ``templates/`` folder sits for an editable install.
 DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"

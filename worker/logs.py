@@ -18,7 +18,7 @@ from typing import Any
 from dramatiq import Message
 from dramatiq.broker import MessageProxy
 
-from worker.redact import redact
+from worker.core.redact import redact
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
 _TRACEBACKS = logging.Formatter()

@@ -19,12 +19,12 @@ from sqlalchemy import Engine
 from channels import create_channel
 from channels.announcement import AnnouncementChannel
 from channels.base import Channel
+from worker.announce.site import announcement_slug
 from worker.config import Settings
-from worker.events import Event
-from worker.policy import RoutingPolicy, load_policy
-from worker.rendering import Renderer
-from worker.routing import Router
-from worker.site import announcement_slug
+from worker.delivery.rendering import Renderer
+from worker.intake.events import Event
+from worker.routing.chains import Router
+from worker.routing.policy import RoutingPolicy, load_policy
 from worker.store.engine import make_engine, read_only
 from worker.store.intake import load_event
 

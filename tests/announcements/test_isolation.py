@@ -31,9 +31,9 @@ import pytest
 from sqlalchemy import select
 from support import Pipeline, incident, write_routing
 
+from worker.announce.publishing import BUILD_ATTEMPTS
+from worker.announce.site import page_path
 from worker.config import DEFAULT_TEMPLATES_DIR, Settings
-from worker.publishing import BUILD_ATTEMPTS
-from worker.site import page_path
 from worker.store import announcements as announcement_store
 from worker.store.schema import announcements, events
 

@@ -37,12 +37,12 @@ from channels.announcement import (
     map_os_error,
     map_webhook_error,
 )
+from worker.announce.site import AnnouncementView, SiteBuilder, TimelineEntry, announcement_slug
 from worker.config import Settings
-from worker.errors import ConfigurationError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
-from worker.events import validate_event
-from worker.rendering import Renderer
-from worker.serving import ServerThread, free_port
-from worker.site import AnnouncementView, SiteBuilder, TimelineEntry, announcement_slug
+from worker.core.errors import ConfigurationError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from worker.delivery.rendering import Renderer
+from worker.intake.events import validate_event
+from worker.service.serving import ServerThread, free_port
 
 SECRET = "whsec-test-secret"
 T0 = datetime(2026, 11, 23, 14, 5, tzinfo=UTC)

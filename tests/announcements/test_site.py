@@ -24,12 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import incident, people
 
-from worker.config import Settings
-from worker.errors import ConfigurationError
-from worker.events import INCIDENT_PARTS, Event, IncidentStatus, validate_event
-from worker.rendering import Renderer
-from worker.samples import sample_event
-from worker.site import (
+from worker.announce.site import (
     MAX_SLUG_CHARS,
     AnnouncementView,
     SiteBuilder,
@@ -37,6 +32,11 @@ from worker.site import (
     announcement_slug,
     page_path,
 )
+from worker.config import Settings
+from worker.core.errors import ConfigurationError
+from worker.delivery.rendering import Renderer
+from worker.intake.events import INCIDENT_PARTS, Event, IncidentStatus, validate_event
+from worker.intake.samples import sample_event
 
 LOCALES = ("en", "zh-CN")
 BASE_URL = "http://127.0.0.1:8080/announcements"

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from support import Pipeline, Rig, incident, write_routing
 
-from worker.site import page_path
+from worker.announce.site import page_path
 
 EMAIL_ONLY = "".join(
     f"  - name: {kind}\n    match: {{type: {kind}}}\n    stages: [{{channels: [email], wait: 10m}}]\n"

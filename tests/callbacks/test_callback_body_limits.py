@@ -15,8 +15,8 @@ from sqlalchemy import Engine, func, select
 from twilio.request_validator import RequestValidator
 
 from worker.config import Settings
-from worker.http import create_app
-from worker.serving import ServerThread, free_port
+from worker.service.http import create_app
+from worker.service.serving import ServerThread, free_port
 from worker.store.engine import make_engine
 from worker.store.schema import ledger, provider_callbacks
 

@@ -14,18 +14,18 @@ import pytest
 from sqlalchemy import Engine, event, func, select, update
 from twilio.request_validator import RequestValidator
 
-from channels.base import DeliveryKey, Receipt
-from worker.clock import utcnow
 from worker.config import Settings
-from worker.http import create_app
+from worker.core.clock import utcnow
+from worker.core.messages import DeliveryKey, Receipt
+from worker.core.statuses import DeliveryStatus
+from worker.deadman import sweep
 from worker.runtime import Runtime
-from worker.serving import ServerThread, free_port
-from worker.settling import Settler, pauses
-from worker.statuses import DeliveryStatus
+from worker.service.http import create_app
+from worker.service.serving import ServerThread, free_port
+from worker.service.settling import Settler, pauses
 from worker.store import ledger
 from worker.store.engine import make_engine
 from worker.store.schema import deliveries, provider_callbacks
-from worker.sweep import sweep
 
 TOKEN = "rows-test-token"
 

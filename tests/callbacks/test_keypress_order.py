@@ -15,9 +15,9 @@ import pytest
 from support import Pipeline, Rig, incident, wait_for, write_routing
 
 from worker.config import Settings
-from worker.http import create_app
 from worker.sandbox.twilio import Callback, TwilioSandbox
-from worker.serving import ServerThread
+from worker.service.http import create_app
+from worker.service.serving import ServerThread
 
 NUMBER = "+14155550142"
 ROUTES = """\

@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import Engine, func, select
 from twilio.request_validator import RequestValidator
 
-from channels.base import DeliveryKey, Receipt
 from worker.config import Settings
-from worker.http import create_app
-from worker.serving import ServerThread, free_port
-from worker.statuses import DeliveryStatus
+from worker.core.messages import DeliveryKey, Receipt
+from worker.core.statuses import DeliveryStatus
+from worker.service.http import create_app
+from worker.service.serving import ServerThread, free_port
 from worker.store import ledger
 from worker.store.engine import make_engine
 from worker.store.schema import deliveries

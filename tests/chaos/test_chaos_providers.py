@@ -31,8 +31,12 @@ OUTAGE_S = float(os.environ.get("HERALD_TEST_CHAOS_SMTP_OUTAGE_S", "60"))
 def test_the_smtp_server_down_then_back_loses_nothing(
     chaos: Callable[[Settings], ChaosRun], make_settings: Callable[..., Settings], smtp_sink: SmtpSink, backend: str
 ) -> None:
-    settings = make_settings(**QUICK)
+    # Enough of dramatiq's retries to outlast the outage (with jitter a retry waits at least
+    # half the longest backoff): the emails are still herald's to send when the server is back.
+    retries = int(3 * OUTAGE_S * 1000 / QUICK["retry_max_backoff_ms"]) + 10
+    settings = make_settings(**QUICK, retry_max=retries)
     assert 5 * settings.retry_max_backoff_ms < OUTAGE_S * 1000, "the outage must outlast several retries"
+    assert (retries - 5) * settings.retry_max_backoff_ms / 2 > OUTAGE_S * 1000, "the retries must outlast the outage"
     smtp_sink.latency(0.03)
     run = chaos(settings)
     event_id = run.publish(incident(people(RECIPIENTS)))

@@ -14,12 +14,12 @@ from aiosmtpd.controller import Controller
 from pydantic import SecretStr
 
 import channels.email as email_module
-from channels.base import Content, DeliveryKey, OutboundMessage, Receipt, Recipient
 from channels.email import EmailChannel, message_id_for
 from worker.config import Settings
-from worker.errors import PermanentDeliveryError, TransientDeliveryError, UnknownOutcomeError
+from worker.core.errors import PermanentDeliveryError, TransientDeliveryError, UnknownOutcomeError
+from worker.core.messages import Content, DeliveryKey, OutboundMessage, Receipt, Recipient
+from worker.core.statuses import DeliveryStatus
 from worker.sandbox.smtp_sink import SmtpSink
-from worker.statuses import DeliveryStatus
 
 EN = Content(
     cache_key="evt-1:en",

@@ -25,8 +25,8 @@ from aiosmtplib import (
 )
 
 from channels.email import MAX_REPLY_CHARS, map_smtp_error
-from worker.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
-from worker.redact import mask_email, mask_emails_in, mask_phone
+from worker.core.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from worker.core.redact import mask_email, mask_emails_in, mask_phone
 
 T, P = TransientDeliveryError, PermanentDeliveryError
 

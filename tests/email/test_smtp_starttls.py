@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from channels.base import Content, DeliveryKey, OutboundMessage, Receipt, Recipient
 from channels.email import EmailChannel
 from worker.config import Settings
+from worker.core.messages import Content, DeliveryKey, OutboundMessage, Receipt, Recipient
+from worker.core.statuses import DeliveryStatus
 from worker.sandbox.smtp_sink import SmtpSink
-from worker.statuses import DeliveryStatus
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from support import Pipeline, incident
 
 from worker.config import Settings
-from worker.contacts import check_email
+from worker.core.contacts import check_email
 from worker.sandbox.smtp_sink import SmtpSink
 
 PEOPLE = [

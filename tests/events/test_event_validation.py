@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from support import incident, people
 
-from worker.contacts import check_email, check_phone
-from worker.errors import InvalidEvent, PayloadTooLarge
-from worker.events import (
+from worker.core.contacts import check_email, check_phone
+from worker.core.errors import InvalidEvent, PayloadTooLarge
+from worker.intake.events import (
     EVENT_TYPES,
     INCIDENT_PARTS,
     AccountNotice,
@@ -698,7 +698,7 @@ def test_the_substantial_lead_can_only_be_made_longer() -> None:
     from pydantic import ValidationError
 
     from worker.config import Settings
-    from worker.events import NoticeRules
+    from worker.intake.events import NoticeRules
 
     with pytest.raises(ValidationError, match="greater than or equal to 168"):
         Settings(policy_notice_lead_h=100)
@@ -710,7 +710,7 @@ def test_the_substantial_lead_can_only_be_made_longer() -> None:
 
 
 def test_a_non_substantial_change_has_its_own_shorter_lead_when_one_is_configured() -> None:
-    from worker.events import NoticeRules
+    from worker.intake.events import NoticeRules
 
     rules = NoticeRules(minor_lead=timedelta(hours=24))
     soon = policy_change(substantial=False, effective_at=(_now() + timedelta(hours=12)).isoformat())

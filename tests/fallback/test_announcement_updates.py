@@ -14,10 +14,10 @@ import httpx
 from sqlalchemy import select
 from support import Pipeline, incident, write_routing
 
+from worker.announce.site import page_path
 from worker.config import Settings
-from worker.http import create_app
-from worker.serving import ServerThread, free_port
-from worker.site import page_path
+from worker.service.http import create_app
+from worker.service.serving import ServerThread, free_port
 from worker.store.schema import announcements, recipients
 
 REACHABLE = [{"user_id": f"r{i}", "email": f"r{i}@example.com", "locale": "en"} for i in range(3)]

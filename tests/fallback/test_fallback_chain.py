@@ -16,8 +16,8 @@ import httpx
 from sqlalchemy import select
 from support import SEQUENTIAL, Pipeline, Rig, incident, write_routing
 
+from worker.announce.site import page_path
 from worker.sandbox.smtp_sink import SmtpSink
-from worker.site import page_path
 from worker.store.schema import announcements, recipients
 
 NORMAL, REFUSED, FAILING_NUMBERS, NO_CONTACT = 240, 40, 30, 20

@@ -20,9 +20,9 @@ from support import SEQUENTIAL, Pipeline, Rig, incident, write_routing
 
 import worker.actors
 from worker.config import Settings
-from worker.dispatch import Dispatch
+from worker.fanout.outbox import Dispatch
 from worker.sandbox.smtp_sink import SmtpSink
-from worker.serving import ServerThread, free_port
+from worker.service.serving import ServerThread, free_port
 from worker.store.inbox import inbox, read_letter
 from worker.store.ledger import Move
 from worker.store.schema import recipients

@@ -27,7 +27,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from worker.events import event_json_schema
+from worker.intake.events import event_json_schema
 
 # --------------------------------------------------------------------------- the payload
 

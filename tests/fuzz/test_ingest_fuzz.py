@@ -1,7 +1,7 @@
 """Every payload, whatever it holds, leaves exactly one intake row and never makes ingest raise.
 
 Each example goes through the ingest actor's own function (``actors.ingest.fn``: the real
-``worker.ingest.ingest`` with the arguments the actor passes, the configured size limit, the
+``worker.intake.ingest.ingest`` with the arguments the actor passes, the configured size limit, the
 routing planner and the notice rules) on SQLite and PostgreSQL, with a payload text exactly
 as it comes off the queue. Its follow-up messages go to an in-memory broker. A test's
 examples share one database; each example counts the rows it adds.

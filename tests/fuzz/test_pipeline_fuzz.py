@@ -29,14 +29,14 @@ from sqlalchemy import Engine, func, select
 from strategies import POOL, Payload, Stream, streams
 from support import Pipeline, incident, people
 
-from worker.clock import utcnow
 from worker.config import Settings
-from worker.events import InlineAudience, PolicyNotice, UserIdsAudience, audience_of
+from worker.core.clock import utcnow
+from worker.core.statuses import ROUTE_TERMINAL
+from worker.core.statuses import TERMINAL as DELIVERY_TERMINAL
+from worker.intake.events import InlineAudience, PolicyNotice, UserIdsAudience, audience_of
 from worker.sandbox.smtp_sink import SmtpSink
-from worker.scheduler import Scheduler
-from worker.scheduling import derived_id
-from worker.statuses import ROUTE_TERMINAL
-from worker.statuses import TERMINAL as DELIVERY_TERMINAL
+from worker.schedule.jobs import derived_id
+from worker.schedule.scheduler import Scheduler
 from worker.store.intake import event_summary, load_event
 from worker.store.recipients import upsert_people
 from worker.store.schedules import Job, JobState, of_event
@@ -145,7 +145,7 @@ def _wait_for_intake(engine: Engine, after_id: int, expected: int, watch: Escape
 
 def _import_pool(engine: Engine) -> None:
     """The users that ``user_ids`` and ``all`` audiences find in the recipients table."""
-    from worker.events import RecipientIn
+    from worker.intake.events import RecipientIn
 
     with engine.begin() as conn:
         upsert_people(conn, [RecipientIn(user_id=uid, email=f"{uid}@example.com", name=uid) for uid in POOL])

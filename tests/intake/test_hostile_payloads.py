@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from support import Pipeline, incident, people, policy_change
 
-from worker.events import NoticeRules
-from worker.ingest import ingest
+from worker.intake.events import NoticeRules
+from worker.intake.ingest import ingest
 from worker.store.engine import make_engine
 from worker.store.intake import IntakeOutcome, list_rejections
 from worker.store.schema import intake
@@ -194,7 +194,7 @@ def test_send_refuses_a_hostile_payload_in_one_line_with_exit_2(
 
 
 def test_time_range_bounds_are_inclusive_at_the_start_and_exclusive_at_the_end() -> None:
-    from worker.limits import EARLIEST, LATEST, in_time_range
+    from worker.core.limits import EARLIEST, LATEST, in_time_range
 
     assert in_time_range(EARLIEST) and not in_time_range(EARLIEST - timedelta(microseconds=1))
     assert not in_time_range(LATEST) and in_time_range(LATEST - timedelta(microseconds=1))

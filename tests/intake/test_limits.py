@@ -1,4 +1,4 @@
-"""Limits are declared once (``worker.limits``) and used by validation and the schema alike,
+"""Limits are declared once (``worker.core.limits``) and used by validation and the schema alike,
 so an event herald accepts can always be stored, fanned out and delivered."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from support import Pipeline, incident, people, policy_change
 
-from worker import limits
 from worker.config import Settings
-from worker.events import topic_of, validate_event
+from worker.core import limits
+from worker.intake.events import topic_of, validate_event
 from worker.store.engine import make_engine
 from worker.store.schema import metadata
 

@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import Connection, Engine, select, update
 from support import people
 
-from channels.base import DeliveryKey, Receipt
-from worker.errors import PermanentDeliveryError, TransientDeliveryError, UnknownOutcomeError
-from worker.events import RecipientIn
-from worker.statuses import TERMINAL, UNCONFIRMED_CALL, DeliveryStatus, can_move, overturnable, statuses_before
+from worker.core.errors import PermanentDeliveryError, TransientDeliveryError, UnknownOutcomeError
+from worker.core.messages import DeliveryKey, Receipt
+from worker.core.statuses import TERMINAL, UNCONFIRMED_CALL, DeliveryStatus, can_move, overturnable, statuses_before
+from worker.intake.events import RecipientIn
 from worker.store.engine import make_engine
 from worker.store.inbox import deliver_letters, inbox, letter_count, mark_read, unread_count
 from worker.store.ledger import (

@@ -15,7 +15,7 @@ import httpx
 from test_worker_logs import RECORD, wait_for_text
 
 from worker.config import Settings
-from worker.serving import free_port
+from worker.service.serving import free_port
 
 HERALD = str(Path(sys.executable).with_name("herald"))
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from support import Pipeline, incident, people
 
 from worker.config import Settings
-from worker.events import parse_event
-from worker.rendering import Renderer
+from worker.delivery.rendering import Renderer
+from worker.intake.events import parse_event
 from worker.sandbox.smtp_sink import SmtpSink
 from worker.store.inbox import letter_count
 

@@ -9,7 +9,7 @@ import pytest
 from support import Pipeline, incident, people
 
 from worker.config import Settings
-from worker.rendering import Renderer
+from worker.delivery.rendering import Renderer
 from worker.sandbox.smtp_sink import SmtpSink
 
 

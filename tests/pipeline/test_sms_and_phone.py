@@ -10,10 +10,10 @@ import pytest
 from support import Pipeline, Rig, every_type_at_once, incident, phones, start_workers, stop_workers, write_routing
 
 from worker.config import Settings
-from worker.events import parse_event
-from worker.rendering import Renderer
+from worker.delivery.rendering import Renderer
+from worker.intake.events import parse_event
 from worker.sandbox.twilio import TwilioSandbox
-from worker.serving import free_port
+from worker.service.serving import free_port
 
 SID = "AC" + "1" * 32
 TOKEN = "pipeline-test-token"

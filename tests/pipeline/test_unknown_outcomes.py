@@ -19,7 +19,7 @@ from sqlalchemy import select
 from support import Pipeline, Rig, every_type_at_once, incident, people, write_routing
 
 from worker.config import Settings
-from worker.serving import free_port
+from worker.service.serving import free_port
 from worker.store.schema import deliveries, event_contacts
 
 

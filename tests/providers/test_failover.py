@@ -19,15 +19,16 @@ import redis
 from sqlalchemy import Engine, create_engine
 
 from channels import check_providers, create_channel, provider_settings
-from channels.base import Channel, Content, DeliveryKey, OutboundMessage, Receipt, Recipient, ReportsBack
+from channels.base import Channel, ReportsBack
 from channels.email import EmailChannel
 from channels.failover import FailoverChannel
 from worker.config import Settings
-from worker.errors import ConfigurationError, DeliveryError
+from worker.core.errors import ConfigurationError, DeliveryError
+from worker.core.messages import Content, DeliveryKey, OutboundMessage, Receipt, Recipient
+from worker.core.statuses import DeliveryStatus
 from worker.sandbox.smtp_sink import SmtpSink
 from worker.sandbox.twilio import TwilioSandbox
-from worker.serving import free_port
-from worker.statuses import DeliveryStatus
+from worker.service.serving import free_port
 
 CONTENT = Content(cache_key="evt-f:en", locale="en", subject="Security notice", text="We reset your sessions.\n")
 SMS = Content(cache_key="evt-f:sms", locale="en", subject="", text="Security notice: we reset your sessions.")

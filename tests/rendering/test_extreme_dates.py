@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from worker.clock import as_utc
+from worker.announce.site import rfc3339
 from worker.config import DEFAULT_TEMPLATES_DIR
-from worker.rendering import (
+from worker.core.clock import as_utc
+from worker.delivery.rendering import (
     Renderer,
     format_date,
     format_datetime,
@@ -25,8 +26,7 @@ from worker.rendering import (
     format_local_date,
     spoken_datetime,
 )
-from worker.samples import sample_event
-from worker.site import rfc3339
+from worker.intake.samples import sample_event
 
 YEAR_ONE_EAST = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))
 YEAR_9999_WEST = datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-5)))

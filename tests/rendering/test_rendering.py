@@ -1,6 +1,6 @@
 """Rendering: every notice reads well in each locale, and no event field can break out.
 
-Events come from ``worker.samples`` and are varied through the same validation producers go
+Events come from ``worker.intake.samples`` and are varied through the same validation producers go
 through; where a test needs a value validation would already have cleaned (a CR/LF in a
 title), it bypasses validation with ``model_copy`` to prove the renderer defends itself too.
 """
@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 from jinja2.exceptions import SecurityError
 
-from channels.base import Content
-from worker.clock import utcnow
 from worker.config import DEFAULT_TEMPLATES_DIR
-from worker.errors import ConfigurationError
-from worker.events import (
+from worker.core.clock import utcnow
+from worker.core.errors import ConfigurationError
+from worker.core.messages import Content
+from worker.delivery.rendering import CHANNEL_TEMPLATES, MAX_SUBJECT_CHARS, Renderer
+from worker.intake.events import (
     EVENT_TYPES,
     INCIDENT_PARTS,
     AccountNotice,
@@ -32,8 +33,7 @@ from worker.events import (
     ServiceNotice,
     validate_event,
 )
-from worker.rendering import CHANNEL_TEMPLATES, MAX_SUBJECT_CHARS, Renderer
-from worker.samples import sample_event
+from worker.intake.samples import sample_event
 
 LOCALES = ("en", "zh-CN")
 CHANNELS = ("email", "insite")

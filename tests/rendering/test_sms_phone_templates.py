@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
+from channels.sms_text import segments
+from channels.voice import voice_for
 from worker.config import DEFAULT_TEMPLATES_DIR
-from worker.errors import ConfigurationError
-from worker.events import EVENT_TYPES, Event, validate_event
-from worker.rendering import CHANNEL_EVENT_TYPES, CHANNEL_TEMPLATES, Renderer
-from worker.samples import sample_event
-from worker.sms import segments
-from worker.voice import voice_for
+from worker.core.errors import ConfigurationError
+from worker.delivery.rendering import CHANNEL_EVENT_TYPES, CHANNEL_TEMPLATES, Renderer
+from worker.intake.events import EVENT_TYPES, Event, validate_event
+from worker.intake.samples import sample_event
 
 LOCALES = ("en", "zh-CN")
 SMS_TYPES = ("security_incident", "account_notice", "service_notice")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.sms import GSM7_BASIC, GSM7_EXTENSION, SegmentInfo, encoding_of, fit, segments
+from channels.sms_text import GSM7_BASIC, GSM7_EXTENSION, SegmentInfo, encoding_of, fit, segments
 
 LINK = "https://example.com/inbox"
 CJK = "中"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from worker.config import DEFAULT_TEMPLATES_DIR
-from worker.errors import ConfigurationError
-from worker.events import EVENT_TYPES
-from worker.rendering import CHANNEL_TEMPLATES, Renderer
+from worker.core.errors import ConfigurationError
+from worker.delivery.rendering import CHANNEL_TEMPLATES, Renderer
+from worker.intake.events import EVENT_TYPES
 
 LOCALES = ("en", "zh-CN")
 

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from worker.config import DEFAULT_ROUTING_FILE, DEFAULT_TEMPLATES_DIR
-from worker.errors import ConfigurationError
-from worker.events import EVENT_TYPES, Event, validate_event
-from worker.policy import Cap, Plan, RoutingPolicy, Stage, load_policy
-from worker.rendering import CHANNEL_TEMPLATES, Renderer
-from worker.samples import sample_event
+from worker.core.errors import ConfigurationError
+from worker.delivery.rendering import CHANNEL_TEMPLATES, Renderer
+from worker.intake.events import EVENT_TYPES, Event, validate_event
+from worker.intake.samples import sample_event
+from worker.routing.policy import Cap, Plan, RoutingPolicy, Stage, load_policy
 
 ALL = ("email", "insite", "sms", "phone")
 LOCALES = ("en", "zh-CN")

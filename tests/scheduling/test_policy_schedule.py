@@ -17,7 +17,7 @@ from sqlalchemy import select
 from support import Pipeline, people, policy_change, wait_for
 
 from worker.config import Settings
-from worker.scheduler import Scheduler
+from worker.schedule.scheduler import Scheduler
 from worker.store import schedules
 from worker.store.intake import list_rejections
 from worker.store.schedules import Job, JobState
@@ -188,7 +188,7 @@ def test_a_scheduler_killed_between_claiming_and_enqueueing_loses_nothing_and_se
 
 
 def job_message_of(job_id: int) -> Any:
-    from worker.scheduler import job_message
+    from worker.schedule.scheduler import job_message
 
     return job_message(job_id)
 
@@ -247,7 +247,7 @@ def test_a_new_version_replaces_a_pending_one_and_its_week_starts_again(
 def test_cancelling_after_the_notice_went_public_publishes_a_withdrawal(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    from worker.scheduling import cancel_change
+    from worker.schedule.jobs import cancel_change
 
     settings = make_settings(announcements_dir=tmp_path / "site")
     now = datetime.now(UTC)

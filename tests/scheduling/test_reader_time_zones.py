@@ -11,10 +11,10 @@ import pytest
 from support import Pipeline
 
 from worker.config import Settings
-from worker.events import validate_event
-from worker.rendering import Renderer, format_local
+from worker.delivery.rendering import Renderer, format_local
+from worker.intake.events import validate_event
 from worker.sandbox.smtp_sink import SmtpSink
-from worker.scheduler import Scheduler
+from worker.schedule.scheduler import Scheduler
 
 
 def change_at(effective: datetime, recipients: list[dict[str, Any]] | None = None) -> dict[str, Any]:

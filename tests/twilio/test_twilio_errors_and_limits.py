@@ -13,14 +13,14 @@ import aiohttp
 import pytest
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 
-from channels.base import Content, DeliveryKey, OutboundMessage, Receipt, Recipient
 from channels.phone import PhoneChannel
 from channels.sms import SmsChannel, check_mobile
 from channels.twilio_provider import RateLimiter, callback_error, map_create_error, map_twilio_error
 from worker.config import Settings
-from worker.errors import PermanentDeliveryError, TransientDeliveryError, UnknownOutcomeError
+from worker.core.errors import PermanentDeliveryError, TransientDeliveryError, UnknownOutcomeError
+from worker.core.messages import Content, DeliveryKey, OutboundMessage, Receipt, Recipient
+from worker.core.statuses import DeliveryStatus
 from worker.sandbox.twilio import TwilioSandbox
-from worker.statuses import DeliveryStatus
 
 
 def rest(status: int, code: int | None) -> TwilioRestException:
@@ -207,7 +207,7 @@ def test_a_connection_refused_by_the_os_is_certain(unused_port: int) -> None:
 
 @pytest.fixture
 def unused_port() -> int:
-    from worker.serving import free_port
+    from worker.service.serving import free_port
 
     return free_port()
 

@@ -32,7 +32,7 @@ from typing import IO, Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from worker.redact import mask_email
+from worker.core.redact import mask_email
 
 _COUNTED = "_herald_sink_counted"
 

@@ -106,7 +106,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 
-from worker.redact import mask_email, mask_phone
+from worker.core.redact import mask_email, mask_phone
 from worker.sandbox.smtp_sink import ReceivedMessage, SmtpSink
 
 #: How many callbacks the sandbox has in flight at once.

@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from worker.clock import as_utc
-from worker.statuses import RouteOutcome
+from worker.core.clock import as_utc
+from worker.core.statuses import RouteOutcome
 from worker.store.schema import announcements, events, routes
 
 

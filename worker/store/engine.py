@@ -20,7 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
-from worker.errors import ConfigurationError
+from worker.core.errors import ConfigurationError
 
 #: Execution option marking a connection that only reads (SQLite then takes no write lock).
 READ_ONLY = "herald_read_only"

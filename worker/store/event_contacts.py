@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, select
 
-from worker.clock import utcnow
+from worker.core.clock import utcnow
 from worker.store.dialect import insert_ignoring_conflicts
 from worker.store.schema import event_contacts
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, func, select, update
 
-from worker.clock import as_utc, utcnow
+from worker.core.clock import as_utc, utcnow
 from worker.store.dialect import insert_ignoring_conflicts
 from worker.store.schema import letters, recipients
 

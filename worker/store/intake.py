@@ -19,10 +19,10 @@ from typing import Any
 from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from worker.clock import as_utc, utcnow
-from worker.errors import EventConflict
-from worker.events import Event, topic_of, validate_event
-from worker.limits import EVENT_TYPE_CHARS, IDENTIFIER_CHARS, LINE_CHARS
+from worker.core.clock import as_utc, utcnow
+from worker.core.errors import EventConflict
+from worker.core.limits import EVENT_TYPE_CHARS, IDENTIFIER_CHARS, LINE_CHARS
+from worker.intake.events import Event, topic_of, validate_event
 from worker.store.schema import events, intake
 
 #: What a database text column cannot hold, or a terminal should not print: control

@@ -26,10 +26,10 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, delete, func, or_, select, text, update
 
-from channels.base import DeliveryKey, Receipt
-from worker.clock import utcnow
-from worker.errors import DeliveryError, PermanentDeliveryError
-from worker.statuses import TERMINAL, DeliveryStatus, RouteMark, overturnable, statuses_before
+from worker.core.clock import utcnow
+from worker.core.errors import DeliveryError, PermanentDeliveryError
+from worker.core.messages import DeliveryKey, Receipt
+from worker.core.statuses import TERMINAL, DeliveryStatus, RouteMark, overturnable, statuses_before
 from worker.store.dialect import insert_ignoring_conflicts, insert_returning_new
 from worker.store.schema import deliveries, ledger, provider_callbacks
 
@@ -360,7 +360,7 @@ class Move:
     """A delivery that moved to ``status`` outside a batch (a callback, a reconciliation).
 
     ``overturned``: it replaced a failure, the one exception to forward-only
-    (``worker.statuses.overturnable``); routing then undoes what that failure decided.
+    (``worker.core.statuses.overturnable``); routing then undoes what that failure decided.
     """
 
     key: DeliveryKey

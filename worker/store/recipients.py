@@ -17,10 +17,10 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from channels.base import Recipient
-from worker.clock import utcnow
-from worker.contacts import check_email, check_phone
-from worker.events import RecipientIn
+from worker.core.clock import utcnow
+from worker.core.contacts import check_email, check_phone
+from worker.core.messages import Recipient
+from worker.intake.events import RecipientIn
 from worker.store import event_contacts
 from worker.store.dialect import insert_ignoring_conflicts, upsert
 from worker.store.schema import recipients

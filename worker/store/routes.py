@@ -13,8 +13,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection, bindparam, func, select, text, update
 
-from worker.clock import as_utc
-from worker.statuses import ROUTE_TERMINAL, RouteOutcome
+from worker.core.clock import as_utc
+from worker.core.statuses import ROUTE_TERMINAL, RouteOutcome
 from worker.store.dialect import insert_returning_new
 from worker.store.schema import deliveries, routes
 
@@ -150,7 +150,7 @@ def mark_reached(conn: Connection, event_id: str, refs: Sequence[str], channel: 
 
 def reach_after_all(conn: Connection, event_id: str, refs: Sequence[str], channel: str, now: datetime) -> list[str]:
     """Recipients whose chain had ended (covered, unreached) when a confirmation overturned
-    the failure that ended it (``worker.statuses.overturnable``): now reached; returns them."""
+    the failure that ended it (``worker.core.statuses.overturnable``): now reached; returns them."""
     if not refs:
         return []
     _lock(conn, event_id, refs)

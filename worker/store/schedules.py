@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, func, or_, select, update
 
-from worker.clock import as_utc
+from worker.core.clock import as_utc
 from worker.store.dialect import insert_ignoring_conflicts
 from worker.store.schema import schedules
 

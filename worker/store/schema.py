@@ -5,7 +5,7 @@ Contact details live only in ``recipients`` (the stored record) and ``event_cont
 pseudonymous ``recipient_ref``, so that a retention purge can erase contacts without
 touching the evidence in ``ledger``.
 
-Column lengths come from ``worker.limits``, the same numbers validation uses, so a value
+Column lengths come from ``worker.core.limits``, the same numbers validation uses, so a value
 herald accepted always fits.
 """
 
@@ -24,7 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from worker.limits import (
+from worker.core.limits import (
     CHANNEL_NAME_CHARS,
     EMAIL_CHARS,
     EVENT_TYPE_CHARS,

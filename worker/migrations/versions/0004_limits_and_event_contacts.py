@@ -1,11 +1,11 @@
-"""column lengths from worker.limits; contacts given inline kept per event; intake hashes
+"""column lengths from worker.core.limits; contacts given inline kept per event; intake hashes
 
 Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-01 23:00:00
 
 The lengths are written out here, as they were when this migration was made: a migration
-must do the same thing whenever it runs, whatever ``worker.limits`` says later.
+must do the same thing whenever it runs, whatever ``worker.core.limits`` says later.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import phonenumbers
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
-from worker.redact import mask_email, mask_phone
+from worker.core.redact import mask_email, mask_phone
 
 #: Mail domains that are not on the public Internet, refused unless a deployment allows them:
 #: email-validator's special-use names (local, test, localhost, ...) and ``internal`` (ICANN, 2024).

@@ -15,8 +15,8 @@ from typing import Any
 
 from markupsafe import Markup
 
-from channels.base import Content
-from worker.rendering import FALLBACK_LOCALE, one_line
+from worker.core.messages import Content
+from worker.delivery.rendering import FALLBACK_LOCALE, one_line
 
 #: What each event type is called, per locale; the entry's title starts with it.
 TYPE_WORDS: dict[str, dict[str, str]] = {

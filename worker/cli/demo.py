@@ -27,12 +27,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
 
+from worker.announce.site import page_path
 from worker.broker import build_broker, ingest_message, publish, worker_command
-from worker.clock import utcnow
 from worker.config import Settings
-from worker.errors import HeraldError
-from worker.site import page_path
-from worker.statuses import RouteMark, RouteOutcome
+from worker.core.clock import utcnow
+from worker.core.errors import HeraldError
+from worker.core.statuses import RouteMark, RouteOutcome
 from worker.store import announcements
 from worker.store.engine import make_engine, migrate
 from worker.store.inbox import letter_count
@@ -187,10 +187,10 @@ def run_demo(
     Raises:
         HeraldError: the workers died, the event was rejected, or the deadline passed.
     """
-    from worker.http import create_app
     from worker.sandbox.smtp_sink import SmtpSink
     from worker.sandbox.twilio import TwilioSandbox
-    from worker.serving import ServerThread, free_port
+    from worker.service.http import create_app
+    from worker.service.serving import ServerThread, free_port
 
     data_dir = (settings.data_dir / "demo").resolve()
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -34,9 +34,9 @@ from pydantic import (
     model_validator,
 )
 
-from worker import limits
-from worker.clock import utcnow
-from worker.errors import InvalidEvent, PayloadTooLarge
+from worker.core import limits
+from worker.core.clock import utcnow
+from worker.core.errors import InvalidEvent, PayloadTooLarge
 
 #: The five parts the privacy policy promises in every security-incident notice.
 INCIDENT_PARTS = ("situation", "impact", "measures", "advice", "remedies")
@@ -103,7 +103,7 @@ Version = Annotated[
     AfterValidator(_one_line),
     AfterValidator(_non_blank),
 ]
-#: Every time in an event: with a zone, and inside herald's date range (``worker.limits``).
+#: Every time in an event: with a zone, and inside herald's date range (``worker.core.limits``).
 Moment = Annotated[
     AwareDatetime,
     AfterValidator(_in_time_range),

@@ -23,8 +23,8 @@ import dramatiq
 from sqlalchemy import Engine
 
 from worker.broker import CONTROL_QUEUE, publish
-from worker.clock import utcnow
 from worker.config import Settings
+from worker.core.clock import utcnow
 from worker.store import schedules
 
 log = logging.getLogger("herald.scheduler")

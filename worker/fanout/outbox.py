@@ -2,7 +2,7 @@
 
 Routing decisions are made inside a database transaction; the messages they call for are
 sent only after it commits (``enqueue``). A process that dies in between loses nothing: the
-rows it committed are pending, and the dead-man check (``worker.sweep``) sends them again.
+rows it committed are pending, and the dead-man check (``worker.deadman``) sends them again.
 Messages are built by name, so the HTTP app can hand work on without declaring actors.
 """
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from worker.clock import utcnow
-from worker.events import EVENT_TYPES, Event, validate_event
+from worker.core.clock import utcnow
+from worker.intake.events import EVENT_TYPES, Event, validate_event
 
 _OCCURRED_AT = datetime(2026, 11, 23, 14, 5, tzinfo=UTC)
 

@@ -1,6 +1,6 @@
 """What herald accepts and stores, declared once: lengths, the date range, character classes.
 
-Validation (``worker.events``) and the database schema (``worker.store.schema``) both read
+Validation (``worker.intake.events``) and the database schema (``worker.store.schema``) both read
 these numbers, so a value that passes validation always fits its column: an event can never
 be accepted and then fail to be stored, fanned out or rendered because of its size. A test
 compares the migrated database with the schema, so a limit changed here without a migration
@@ -47,7 +47,7 @@ URL_CHARS = 2_000
 SERVICES_MAX = 100
 INLINE_RECIPIENTS_MAX = 20_000
 
-#: The longest topic (what an announcement is about; see ``worker.events.topic_of``):
+#: The longest topic (what an announcement is about; see ``worker.intake.events.topic_of``):
 #: ``policy:<document key>:<version>``, ``incident:<incident_id>`` or ``event:<event_id>``.
 TOPIC_CHARS = max(
     len("policy:") + DOCUMENT_CHARS + 1 + VERSION_CHARS,

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, func, select
 
-from worker.clock import utcnow
-from worker.dispatch import Dispatch
-from worker.events import AllAudience, Event, InlineAudience, UserIdsAudience, audience_of, topic_of
-from worker.routing import Router
+from worker.core.clock import utcnow
+from worker.fanout.outbox import Dispatch
+from worker.intake.events import AllAudience, Event, InlineAudience, UserIdsAudience, audience_of, topic_of
+from worker.routing.chains import Router
 from worker.store import announcements, recipients
 from worker.store.intake import advance_fanout
 from worker.store.schema import recipients as recipients_table

@@ -21,12 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from channels.base import DeliveryKey, OutboundMessage, Receipt
-from worker.clock import utcnow
-from worker.dispatch import Dispatch
-from worker.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError, UnknownOutcomeError
+from worker.core.clock import utcnow
+from worker.core.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError, UnknownOutcomeError
+from worker.core.messages import DeliveryKey, OutboundMessage, Receipt
+from worker.core.statuses import DeliveryStatus
+from worker.fanout.outbox import Dispatch
 from worker.runtime import Runtime
-from worker.statuses import DeliveryStatus
 from worker.store import ledger, recipients
 
 log = logging.getLogger("herald.delivery")

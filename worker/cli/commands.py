@@ -20,8 +20,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from worker.config import Settings, get_settings
-from worker.errors import BrokerUnavailable, ConfigurationError, HeraldError, InvalidEvent
-from worker.events import PolicyChange
+from worker.core.errors import BrokerUnavailable, ConfigurationError, HeraldError, InvalidEvent
+from worker.intake.events import PolicyChange
 
 app = typer.Typer(
     name="herald",
@@ -112,7 +112,7 @@ def send(
 ) -> None:
     """Validate one event and put it on the ingest queue; exit 2 with the reason if it is invalid."""
     from worker.broker import build_broker, ingest_message, publish
-    from worker.events import parse_event
+    from worker.intake.events import parse_event
 
     settings = _settings()
     try:
@@ -139,7 +139,7 @@ def schema(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")] = None,
 ) -> None:
     """Print the JSON Schema of every event herald accepts."""
-    from worker.events import event_json_schema
+    from worker.intake.events import event_json_schema
 
     text = json.dumps(event_json_schema(), indent=2, ensure_ascii=False)
     if output is None:
@@ -203,7 +203,7 @@ def events_rejected(
 @events_app.command("show")
 def events_show(event_id: Annotated[str, typer.Argument(help="The event's id.")]) -> None:
     """Show one event's fan-out progress and delivery outcomes by channel and status."""
-    from worker.events import topic_of
+    from worker.intake.events import topic_of
     from worker.store import announcements, routes
     from worker.store.intake import event_summary, intake_counts, load_event
     from worker.store.ledger import outcome_counts
@@ -250,8 +250,8 @@ def outcome_table(counts: dict[tuple[str, str], int], title: str = "Deliveries")
 
 def change_schedule_table(event: PolicyChange) -> Table:
     """What a policy change will do, and when (as the workers will schedule it now)."""
-    from worker.clock import utcnow
-    from worker.scheduling import describe, jobs_for
+    from worker.core.clock import utcnow
+    from worker.schedule.jobs import describe, jobs_for
 
     data = event.data
     table = Table(title=f"Schedule of {data.document} version {data.version} (herald scheduler sends each when due)")
@@ -280,7 +280,7 @@ def recipient_table(outcomes: dict[str, int], reached: dict[str, int]) -> Table:
 
 def announcement_line(settings: Settings, announcement: Any) -> str:
     """Where an announcement is, and since when it is public."""
-    from worker.site import page_path
+    from worker.announce.site import page_path
 
     locale = "en"
     url = f"{settings.resolved_announcements_url}/{page_path(announcement.id, locale)}"
@@ -300,7 +300,7 @@ def routing_check(
     ] = None,
 ) -> None:
     """Validate the routing policy against the templates and enabled channels; print its routes."""
-    from worker.policy import format_duration, load_policy
+    from worker.routing.policy import format_duration, load_policy
     from worker.runtime import Runtime
 
     settings = _settings()
@@ -334,7 +334,7 @@ def announcements_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List announcements: id, topic, revision, and since when each is public."""
-    from worker.site import page_path
+    from worker.announce.site import page_path
     from worker.store import announcements
 
     settings = _settings()
@@ -388,7 +388,7 @@ def announcements_publish(
 ) -> None:
     """Queue a publication of one announcement (regenerates the whole site; always safe)."""
     from worker.broker import build_broker
-    from worker.dispatch import Dispatch, enqueue
+    from worker.fanout.outbox import Dispatch, enqueue
     from worker.store import announcements
 
     settings = _settings()
@@ -417,7 +417,7 @@ def scheduler(
 
     from worker.broker import build_broker
     from worker.logs import configure_logging
-    from worker.scheduler import Scheduler
+    from worker.schedule.scheduler import Scheduler
 
     settings = _settings()
     if interval is not None:
@@ -446,7 +446,7 @@ def schedule_list(
     """List scheduled jobs: due time in UTC and in a chosen zone, state, and what they do."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    from worker.scheduling import describe
+    from worker.schedule.jobs import describe
     from worker.store import schedules
     from worker.store.intake import load_event
 
@@ -513,8 +513,8 @@ def schedule_cancel(
 ) -> None:
     """Cancel a policy change (its notice or notices job) or only its reminder; a change whose
     notice is already public gets a public withdrawal notice."""
-    from worker.clock import utcnow
-    from worker.scheduling import cancel_change, cancel_reminder
+    from worker.core.clock import utcnow
+    from worker.schedule.jobs import cancel_change, cancel_reminder
     from worker.store import schedules
     from worker.store.schedules import Job, JobState
 
@@ -575,7 +575,7 @@ def demo(
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 600.0,
 ) -> None:
     """Run the whole pipeline once on embedded parts and print what happened."""
-    from worker.demo import run_demo
+    from worker.cli.demo import run_demo
 
     settings = _settings()
     try:
@@ -629,8 +629,8 @@ def serve(
     """Serve HTTP: Twilio status callbacks (signed), health."""
     import uvicorn
 
-    from worker.http import create_app
     from worker.logs import configure_logging
+    from worker.service.http import create_app
 
     settings = _settings()
     engine = _engine(settings)

@@ -5,7 +5,7 @@ change takes effect. An accepted policy change therefore gets jobs in the ``sche
 table rather than an immediate fan-out: the website notice (``publish_notice``, at
 ``publish_at`` or at once), the individual notices (``send_notices``, at ``notify_at`` or
 with the website notice) and an optional reminder (``reminder``, at ``remind_at``).
-``herald scheduler`` hands each job to the workers when it comes due (``worker.scheduler``);
+``herald scheduler`` hands each job to the workers when it comes due (``worker.schedule.scheduler``);
 this module decides what the jobs are and does their work.
 
 A new version of a document replaces one whose jobs are still to run: those are
@@ -22,10 +22,10 @@ from datetime import datetime
 
 from sqlalchemy import Connection, select
 
-from worker.dispatch import Dispatch
-from worker.events import Event, PolicyChange, PolicyNotice, body_digest, topic_of
-from worker.site import announcement_slug
-from worker.statuses import RouteMark
+from worker.announce.site import announcement_slug
+from worker.core.statuses import RouteMark
+from worker.fanout.outbox import Dispatch
+from worker.intake.events import Event, PolicyChange, PolicyNotice, body_digest, topic_of
 from worker.store import announcements, event_contacts, schedules
 from worker.store.intake import accept_event, fanout_cursor, load_event
 from worker.store.ledger import Note, note

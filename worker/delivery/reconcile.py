@@ -13,11 +13,11 @@ import logging
 from collections.abc import Sequence
 
 from channels.base import ReportsBack
-from worker.clock import utcnow
-from worker.dispatch import Dispatch
-from worker.errors import DeliveryError, PermanentDeliveryError
+from worker.core.clock import utcnow
+from worker.core.errors import DeliveryError, PermanentDeliveryError
+from worker.core.statuses import DeliveryStatus
+from worker.fanout.outbox import Dispatch
 from worker.runtime import Runtime
-from worker.statuses import DeliveryStatus
 from worker.store import ledger
 
 log = logging.getLogger("herald.reconcile")

@@ -32,11 +32,11 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from channels.base import Content
-from worker.clock import as_utc
-from worker.errors import ConfigurationError, failure_line
-from worker.rendering import FALLBACK_LOCALE, Renderer
-from worker.samples import sample_event
+from worker.core.clock import as_utc
+from worker.core.errors import ConfigurationError, failure_line
+from worker.core.messages import Content
+from worker.delivery.rendering import FALLBACK_LOCALE, Renderer
+from worker.intake.samples import sample_event
 
 #: Longest slug ``announcement_slug`` returns.
 MAX_SLUG_CHARS = 80

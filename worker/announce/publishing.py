@@ -11,7 +11,7 @@ One announcement never stops another. Each announcement's pages are built on the
 (``SiteBuilder.build_each``) and the indexes and feeds list those that could be built:
 
 * a timeline entry whose templates (or whose stored event) fail is shown in plain words
-  (``worker.plain_entry``), so the announcement still goes up and covers its people; the
+  (``worker.announce.plain_entry``), so the announcement still goes up and covers its people; the
   ledger says so (``plain``, recipient ``public``);
 * an announcement whose pages still cannot be built is left out. When it is the one being
   published, the failure is counted against it (``announcements.failures`` and ``failure``)
@@ -36,14 +36,14 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from channels.announcement import Publication, PublishReceipt, map_os_error
-from channels.base import Content
-from worker.clock import utcnow
-from worker.errors import failure_line
-from worker.events import IncidentStatus, SecurityIncident
-from worker.plain_entry import plain_content
+from worker.announce.plain_entry import plain_content
+from worker.announce.site import AnnouncementView, SiteBuilder, TimelineEntry
+from worker.core.clock import utcnow
+from worker.core.errors import failure_line
+from worker.core.messages import Content
+from worker.core.statuses import RouteMark
+from worker.intake.events import IncidentStatus, SecurityIncident
 from worker.runtime import Runtime
-from worker.site import AnnouncementView, SiteBuilder, TimelineEntry
-from worker.statuses import RouteMark
 from worker.store import announcements
 from worker.store.engine import read_only
 from worker.store.ledger import Note, note

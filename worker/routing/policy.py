@@ -6,7 +6,7 @@ a confirmation before moving on, and whether the public announcement covers whoe
 ``load_policy`` reads and validates it; ``RoutingPolicy.plan_for`` turns one event into the
 ``Plan`` its recipients get; ``RoutingPolicy.check`` proves at start-up that every template a
 route needs exists and renders. Whether a notice is mandatory is not configured here: it is the
-promise ``worker.events.is_mandatory`` encodes.
+promise ``worker.intake.events.is_mandatory`` encodes.
 
 Every error is one ``ConfigurationError`` line that names the file and the line, found in
 three passes:
@@ -35,12 +35,12 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import ErrorDetails
 
 from channels import REGISTRY
-from worker.errors import ConfigurationError
-from worker.events import EVENT_TYPES, Event, PolicyChange, Severity, is_mandatory, severity_of
-from worker.statuses import DeliveryStatus
+from worker.core.errors import ConfigurationError
+from worker.core.statuses import DeliveryStatus
+from worker.intake.events import EVENT_TYPES, Event, PolicyChange, Severity, is_mandatory, severity_of
 
 if TYPE_CHECKING:
-    from worker.rendering import Renderer
+    from worker.delivery.rendering import Renderer
 
 #: The only file format this module reads.
 POLICY_VERSION = 1

@@ -27,9 +27,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import update
 
-from worker.clock import utcnow
-from worker.dispatch import Dispatch, cut
-from worker.publishing import BUILD_ATTEMPTS
+from worker.announce.publishing import BUILD_ATTEMPTS
+from worker.core.clock import utcnow
+from worker.fanout.outbox import Dispatch, cut
 from worker.runtime import Runtime
 from worker.store import announcements, ledger, routes, schedules
 from worker.store.engine import read_only

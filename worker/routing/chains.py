@@ -16,7 +16,7 @@ a stage's deliveries once. What a decision asks to send comes back as a ``Dispat
 the caller to enqueue after the commit.
 
 One confirmation can arrive after the failure it contradicts: a call's keypress recorded
-after the call's end (``worker.statuses.overturnable``). The person then ends reached
+after the call's end (``worker.core.statuses.overturnable``). The person then ends reached
 whatever that failure decided, and the later stages' deliveries not yet claimed are skipped.
 """
 
@@ -31,11 +31,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, select
 
 from channels import get_spec
-from channels.base import Receipt
-from worker.dispatch import Batch, Dispatch, cut
-from worker.errors import DeliveryError, PermanentDeliveryError
-from worker.policy import Plan, format_duration
-from worker.statuses import TERMINAL, DeliveryStatus, RouteMark, RouteOutcome
+from worker.core.errors import DeliveryError, PermanentDeliveryError
+from worker.core.messages import Receipt
+from worker.core.statuses import TERMINAL, DeliveryStatus, RouteMark, RouteOutcome
+from worker.fanout.outbox import Batch, Dispatch, cut
+from worker.routing.policy import Plan, format_duration
 from worker.store import announcements, ledger, recipients, routes
 from worker.store.ledger import Move, Note
 from worker.store.schema import events
@@ -63,7 +63,7 @@ class Router:
 
     Args:
         batch_size: recipients per delivery message it asks for.
-        slug: turns an announcement topic into its public id (``worker.site.announcement_slug``).
+        slug: turns an announcement topic into its public id (``worker.announce.site.announcement_slug``).
     """
 
     def __init__(self, *, batch_size: int, slug: Callable[[str], str]) -> None:
@@ -236,7 +236,7 @@ class Router:
         return dispatch
 
     def _reached_after_all(self, conn: Connection, moves: Sequence[Move], now: datetime) -> None:
-        """Confirmations that overturned a failure (``worker.statuses.overturnable``): whatever
+        """Confirmations that overturned a failure (``worker.core.statuses.overturnable``): whatever
         that failure decided, the person ends reached.
 
         ``_after`` has already marked them reached if their route was open (still on a stage,

@@ -19,11 +19,12 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
-from worker import scheduling
-from worker.clock import utcnow
-from worker.contacts import check_email, check_phone
-from worker.errors import EventConflict, InvalidEvent
-from worker.events import (
+from worker.core.clock import utcnow
+from worker.core.contacts import check_email, check_phone
+from worker.core.errors import EventConflict, InvalidEvent
+from worker.core.limits import EVENT_TYPE_CHARS, IDENTIFIER_CHARS
+from worker.core.redact import mask_email, mask_phone, redact
+from worker.intake.events import (
     Event,
     NoticeRules,
     PolicyChange,
@@ -36,9 +37,8 @@ from worker.events import (
     validate_event,
     without_contacts,
 )
-from worker.limits import EVENT_TYPE_CHARS, IDENTIFIER_CHARS
-from worker.redact import mask_email, mask_phone, redact
-from worker.scheduling import Scheduled
+from worker.schedule import jobs as scheduling
+from worker.schedule.jobs import Scheduled
 from worker.store import announcements, event_contacts, recipients
 from worker.store.event_contacts import GivenContact
 from worker.store.intake import IntakeOutcome, accept_event, fanout_cursor, is_known, record_intake, storable
@@ -105,7 +105,7 @@ def ingest(
     """Judge and store one event with its routing plan (``planner``); never raises for bad input.
 
     ``allowed_special_domains`` are special-use mail domains accepted in inline contacts
-    (``worker.contacts.check_email``). ``unreadable`` says why the queue message that carried
+    (``worker.core.contacts.check_email``). ``unreadable`` says why the queue message that carried
     ``payload`` could not be run (``worker.queue_encoding``): the payload is then the raw
     message, refused with that reason.
 

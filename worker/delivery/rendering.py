@@ -14,7 +14,7 @@ of names (``CHANNEL_TEMPLATES``). Three things matter here:
   ``check_pairs()`` does the same for exactly the (event type, channel) pairs a routing
   policy uses, and ``template_files()`` names the files one pair needs in one locale.
 
-SMS and phone are text only. An SMS is cut to ``sms_max_segments`` with ``worker.sms.fit``
+SMS and phone are text only. An SMS is cut to ``sms_max_segments`` with ``channels.sms_text.fit``
 (a link to the full notice replaces what is cut), and ``check()`` refuses an SMS template
 whose sample rendering is already longer than that. Only the event types in
 ``CHANNEL_EVENT_TYPES`` have phone templates. Besides ``datetime`` and ``date``,
@@ -39,12 +39,12 @@ import jinja2
 import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from channels.base import Content
-from worker.clock import as_utc, in_zone, utc_label, ymd_hm
-from worker.errors import ConfigurationError
-from worker.events import EVENT_TYPES, Event
-from worker.samples import sample_event
-from worker.sms import clusters, fit, segments
+from channels.sms_text import clusters, fit, segments
+from worker.core.clock import as_utc, in_zone, utc_label, ymd_hm
+from worker.core.errors import ConfigurationError
+from worker.core.messages import Content
+from worker.intake.events import EVENT_TYPES, Event
+from worker.intake.samples import sample_event
 
 #: The locale every event type must have; the last resort of locale resolution.
 FALLBACK_LOCALE = "en"
@@ -83,7 +83,7 @@ CHANNEL_EVENT_TYPES: dict[str, frozenset[str]] = {
     "phone": frozenset({"security_incident", "account_notice", "service_notice"}),
 }
 
-#: The public announcement site's chrome (``worker.site``): ``_site/index.html``, its root
+#: The public announcement site's chrome (``worker.announce.site``): ``_site/index.html``, its root
 #: page, and in ``_site/<locale>/`` an index and a page per announcement for each locale;
 #: all of them extend ``_site/layout.html``, the markup and CSS they share.
 SITE_FOLDER = "_site"
@@ -355,7 +355,7 @@ class Renderer:
         ``time_zone`` matters only to templates that show times in the reader's zone (they
         use ``reader.time_zone``): their words are cached per zone, the others' per locale.
 
-        An SMS is cut to ``sms_max_segments`` (``worker.sms.fit``); its subject is empty, as
+        An SMS is cut to ``sms_max_segments`` (``channels.sms_text.fit``); its subject is empty, as
         is a phone call's, whose text is what is read aloud.
 
         Raises:

@@ -35,17 +35,17 @@ from starlette.staticfiles import StaticFiles
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import VoiceResponse
 
-from channels.base import DeliveryKey
 from channels.twilio_provider import call_verdict, key_in_callback, message_verdict
+from worker.announce.site import announcement_slug
 from worker.broker import build_broker
-from worker.clock import utcnow
 from worker.config import Settings
-from worker.dispatch import Dispatch, enqueue
-from worker.errors import PermanentDeliveryError
-from worker.routing import Router
-from worker.settling import SETTLE_TASKS_MAX, Settler
-from worker.site import announcement_slug
-from worker.statuses import DeliveryStatus
+from worker.core.clock import utcnow
+from worker.core.errors import PermanentDeliveryError
+from worker.core.messages import DeliveryKey
+from worker.core.statuses import DeliveryStatus
+from worker.fanout.outbox import Dispatch, enqueue
+from worker.routing.chains import Router
+from worker.service.settling import SETTLE_TASKS_MAX, Settler
 from worker.store.engine import make_engine, read_only
 from worker.store.ledger import (
     Move,

@@ -1,0 +1,1 @@
+"""The public announcement: the static site and publishing it."""

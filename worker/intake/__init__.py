@@ -1,0 +1,3 @@
+"""Intake: what arrives (the event kinds and their envelope) and how it is judged, deduplicated
+and recorded.
+"""
