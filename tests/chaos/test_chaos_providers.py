@@ -57,7 +57,7 @@ def test_the_smtp_server_down_then_back_loses_nothing(
         + result.line(
             "smtp-down",
             backend,
-            f"SMTP down {OUTAGE_S:g} s at {at_stop} emails {refused} attempts recorded retrying meanwhile",
+            f"SMTP down {OUTAGE_S:g} s at {at_stop} emails, {refused} attempts recorded retrying meanwhile",
         )
     )
     assert at_stop < RECIPIENTS, "the outage came too late to land mid fan-out"
