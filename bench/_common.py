@@ -609,7 +609,7 @@ class HeraldRun:
             BenchError: ingest rejected the event.
         """
         from worker.store.intake import event_summary, list_rejections
-        from worker.store.ledger import unfinished_count
+        from worker.store.outcomes import unfinished_count
 
         assert self.reader is not None, "open() first"
         with self.reader.connect() as conn:

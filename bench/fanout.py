@@ -210,7 +210,7 @@ def run_herald(args: argparse.Namespace, sink: SinkProcess, event_obj: dict[str,
 
     from worker.config import Settings
     from worker.store.inbox import letter_count
-    from worker.store.ledger import outcome_counts
+    from worker.store.outcomes import outcome_counts
     from worker.store.schema import deliveries
 
     with common.HeraldRun(args, "herald-bench-", clock=time.perf_counter) as herald:

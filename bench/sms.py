@@ -413,7 +413,7 @@ def _wait_terminal(
 def run_herald(args: argparse.Namespace, sandbox: SandboxProcess, event_obj: dict[str, Any], run: int) -> HeraldResult:
     """One herald run on a fresh data dir, a fresh ``herald serve`` and fresh worker processes."""
     from worker.service.serving import free_port
-    from worker.store.ledger import outcome_counts
+    from worker.store.outcomes import outcome_counts
 
     with common.HeraldRun(args, "herald-bench-sms-", clock=time.monotonic) as herald:
         serve_log = herald.data_dir / "serve.log"

@@ -391,7 +391,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     from worker.core.statuses import TERMINAL
     from worker.service.serving import free_port
     from worker.store.engine import make_engine, migrate
-    from worker.store.ledger import outcome_counts
+    from worker.store.outcomes import outcome_counts
     from worker.store.schema import deliveries
 
     data_dir = Path(tempfile.mkdtemp(prefix="herald-soak-"))

@@ -26,7 +26,7 @@ from worker.service.http import create_app
 from worker.service.serving import ServerThread
 from worker.store.engine import make_engine
 from worker.store.intake import event_summary
-from worker.store.ledger import outcome_counts, unfinished_count
+from worker.store.outcomes import outcome_counts, unfinished_count
 from worker.store.routes import open_count
 from worker.store.routes import outcome_counts as route_outcomes
 from worker.store.schema import ledger, routes

@@ -31,7 +31,7 @@ from worker.announce.publishing import BUILD_ATTEMPTS
 from worker.core.clock import utcnow
 from worker.fanout.outbox import Dispatch, cut
 from worker.runtime import Runtime
-from worker.store import announcements, ledger, routes, schedules
+from worker.store import announcements, callbacks, deliveries, outcomes, routes, schedules
 from worker.store.engine import read_only
 from worker.store.intake import stalled_fanouts, touch_fanout
 from worker.store.schema import timers
@@ -90,10 +90,10 @@ def sweep(rt: Runtime) -> SweepResult:
 
     with rt.engine.begin() as conn:
         groups: dict[tuple[str, str, int], list[str]] = defaultdict(list)
-        for event_id, channel, step, ref, _status in ledger.stuck(conn, stuck_before, now, SWEEP_LIMIT):
+        for event_id, channel, step, ref, _status in outcomes.stuck(conn, stuck_before, now, SWEEP_LIMIT):
             groups[(event_id, channel, step)].append(ref)
         for (event_id, channel, step), refs in groups.items():
-            ledger.touch(conn, event_id, channel, step, refs)
+            deliveries.touch(conn, event_id, channel, step, refs)
             result.dispatch.batches += cut(event_id, channel, refs, step, settings.batch_size)
             result.stuck += len(refs)
 
@@ -103,10 +103,10 @@ def sweep(rt: Runtime) -> SweepResult:
     asked_by = timedelta(seconds=settings.confirmation_grace_s * (2**rounds) + settings.stuck_after_s)
     with rt.engine.begin() as conn:
         unconfirmed: dict[str, list[str]] = defaultdict(list)
-        for channel, pmid in ledger.unconfirmed_sent(conn, now - asked_by, SWEEP_LIMIT):
+        for channel, pmid in outcomes.unconfirmed_sent(conn, now - asked_by, SWEEP_LIMIT):
             unconfirmed[channel].append(pmid)
         for pmids in unconfirmed.values():
-            ledger.touch_sent(conn, pmids)
+            deliveries.touch_sent(conn, pmids)
         result.unconfirmed = dict(unconfirmed)
 
     with rt.engine.begin() as conn:
@@ -141,9 +141,9 @@ def sweep(rt: Runtime) -> SweepResult:
 def _drop_stale_callbacks(rt: Runtime, received_before: datetime) -> int:
     """Drop callbacks that never matched a delivery; a read first, so an idle sweep writes nothing."""
     with read_only(rt.engine) as conn:
-        if not ledger.callbacks_received_before(conn, received_before):
+        if not callbacks.callbacks_received_before(conn, received_before):
             return 0
     with rt.engine.begin() as conn:
-        dropped = ledger.drop_stale_callbacks(conn, received_before, SWEEP_LIMIT)
+        dropped = callbacks.drop_stale_callbacks(conn, received_before, SWEEP_LIMIT)
     log.warning("dead-man check: dropped %d provider callbacks that never matched a delivery", dropped)
     return dropped

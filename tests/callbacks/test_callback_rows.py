@@ -23,7 +23,8 @@ from worker.runtime import Runtime
 from worker.service.http import create_app
 from worker.service.serving import ServerThread, free_port
 from worker.service.settling import Settler, pauses
-from worker.store import ledger
+from worker.store import callbacks
+from worker.store import deliveries as delivery_store
 from worker.store.engine import make_engine
 from worker.store.schema import deliveries, provider_callbacks
 
@@ -75,10 +76,10 @@ def post(running: ServerThread, settings: Settings, params: dict[str, str]) -> i
 def sent(engine: Engine, sid: str, ref: str = "r1") -> None:
     """Record an SMS that Twilio accepted, the worker's way (which applies waiting callbacks)."""
     with engine.begin() as conn:
-        ledger.open_deliveries(conn, "evt-rows", "sms", [ref])
-        claim = ledger.claim(conn, "evt-rows", "sms", [ref], claimant="m1", lease=timedelta(minutes=5))
+        delivery_store.open_deliveries(conn, "evt-rows", "sms", [ref])
+        claim = delivery_store.claim(conn, "evt-rows", "sms", [ref], claimant="m1", lease=timedelta(minutes=5))
         receipt = Receipt(DeliveryKey("evt-rows", ref, "sms"), DeliveryStatus.SENT, provider_message_id=sid)
-        ledger.record(conn, [receipt], claim.attempts)
+        delivery_store.record(conn, [receipt], claim.attempts)
 
 
 def callback_rows(engine: Engine) -> int:
@@ -142,7 +143,7 @@ def test_a_waiting_callback_is_applied_by_herald_serve_when_its_sid_shows_up(eng
     running, settings = start(engine, database_url, settle_s=10.0)
     try:
         with engine.begin() as conn:
-            ledger.open_deliveries(conn, "evt-rows", "sms", ["r9"])
+            delivery_store.open_deliveries(conn, "evt-rows", "sms", ["r9"])
         assert post(running, settings, {"MessageSid": "SMrace", "MessageStatus": "delivered"}) == 204
         time.sleep(0.3)
         with engine.begin() as conn:
@@ -164,8 +165,8 @@ def test_the_dead_man_check_drops_callbacks_that_never_matched_a_delivery_after_
     engine: Engine, database_url: str
 ) -> None:
     with engine.begin() as conn:
-        ledger.receive_provider_status(conn, "SMold", DeliveryStatus.DELIVERED)
-        ledger.receive_provider_status(conn, "SMyoung", DeliveryStatus.DELIVERED)
+        callbacks.receive_provider_status(conn, "SMold", DeliveryStatus.DELIVERED)
+        callbacks.receive_provider_status(conn, "SMyoung", DeliveryStatus.DELIVERED)
         conn.execute(
             update(provider_callbacks)
             .where(provider_callbacks.c.provider_message_id == "SMold")

@@ -15,7 +15,7 @@ from worker.core.messages import DeliveryKey, Receipt
 from worker.core.statuses import DeliveryStatus
 from worker.service.http import create_app
 from worker.service.serving import ServerThread, free_port
-from worker.store import ledger
+from worker.store import deliveries as delivery_store
 from worker.store.engine import make_engine
 from worker.store.schema import deliveries
 from worker.store.schema import ledger as ledger_table
@@ -41,10 +41,10 @@ def server(engine: Engine, database_url: str) -> Iterator[tuple[ServerThread, Se
 def sent(engine: Engine, channel: str, sid: str, event_id: str = "evt-cb", ref: str = "r1") -> None:
     """A delivery that Twilio accepted: the state a callback finds."""
     with engine.begin() as conn:
-        ledger.open_deliveries(conn, event_id, channel, [ref])
-        claim = ledger.claim(conn, event_id, channel, [ref], claimant="m1", lease=timedelta(minutes=5))
+        delivery_store.open_deliveries(conn, event_id, channel, [ref])
+        claim = delivery_store.claim(conn, event_id, channel, [ref], claimant="m1", lease=timedelta(minutes=5))
         receipt = Receipt(DeliveryKey(event_id, ref, channel), DeliveryStatus.SENT, provider_message_id=sid)
-        ledger.record(conn, [receipt], claim.attempts)
+        delivery_store.record(conn, [receipt], claim.attempts)
 
 
 def state(engine: Engine, sid: str) -> tuple[str, int]:

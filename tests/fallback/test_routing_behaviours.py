@@ -24,7 +24,7 @@ from worker.fanout.outbox import Dispatch
 from worker.sandbox.smtp_sink import SmtpSink
 from worker.service.serving import ServerThread, free_port
 from worker.store.inbox import inbox, read_letter
-from worker.store.ledger import Move
+from worker.store.moves import Move
 from worker.store.schema import recipients
 
 

@@ -22,19 +22,11 @@ from worker.core.errors import PermanentDeliveryError, TransientDeliveryError, U
 from worker.core.messages import DeliveryKey, Receipt
 from worker.core.statuses import TERMINAL, UNCONFIRMED_CALL, DeliveryStatus, can_move, overturnable, statuses_before
 from worker.intake.events import RecipientIn
+from worker.store.deliveries import claim, exhaust, open_deliveries, record, still_held
 from worker.store.engine import make_engine
 from worker.store.inbox import deliver_letters, inbox, letter_count, mark_read, unread_count
-from worker.store.ledger import (
-    Move,
-    apply_status,
-    claim,
-    exhaust,
-    open_deliveries,
-    outcome_counts,
-    record,
-    still_held,
-    unfinished_count,
-)
+from worker.store.moves import Move, apply_status
+from worker.store.outcomes import outcome_counts, unfinished_count
 from worker.store.recipients import ensure_users, import_csv, load, page_all, refs_for, upsert_people
 from worker.store.schema import deliveries, ledger, recipients
 

@@ -206,7 +206,7 @@ def events_show(event_id: Annotated[str, typer.Argument(help="The event's id.")]
     from worker.intake.events import topic_of
     from worker.store import announcements, routes
     from worker.store.intake import event_summary, intake_counts, load_event
-    from worker.store.ledger import outcome_counts
+    from worker.store.outcomes import outcome_counts
 
     settings = _settings()
     announcement = None

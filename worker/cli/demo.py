@@ -37,7 +37,7 @@ from worker.store import announcements
 from worker.store.engine import make_engine, migrate
 from worker.store.inbox import letter_count
 from worker.store.intake import event_summary, list_rejections
-from worker.store.ledger import failure_reasons, outcome_counts, unfinished_count
+from worker.store.outcomes import failure_reasons, outcome_counts, unfinished_count
 from worker.store.routes import outcome_counts as route_outcomes
 from worker.store.routes import reached_by
 from worker.store.schema import ledger

@@ -27,7 +27,7 @@ from worker.core.messages import DeliveryKey, OutboundMessage, Receipt
 from worker.core.statuses import DeliveryStatus
 from worker.fanout.outbox import Dispatch
 from worker.runtime import Runtime
-from worker.store import ledger, recipients
+from worker.store import deliveries, recipients
 
 log = logging.getLogger("herald.delivery")
 
@@ -56,7 +56,7 @@ def deliver_batch(
     """Send one batch; every claimed key ends with a ledger row for this attempt."""
     lease = timedelta(seconds=rt.settings.lease_s)
     with rt.engine.begin() as conn:
-        claim = ledger.claim(conn, event_id, channel, refs, claimant=claimant, lease=lease, step=step)
+        claim = deliveries.claim(conn, event_id, channel, refs, claimant=claimant, lease=lease, step=step)
         if not claim.attempts:
             return BatchOutcome(0, 0, 0, len(claim.busy), len(refs) - len(claim.busy))
         people = recipients.load(conn, claim.attempts, event_id=event_id)
@@ -120,7 +120,7 @@ def _unrenderable(exc: Exception) -> PermanentDeliveryError:
 
 
 def _send_in_chunks(
-    rt: Runtime, channel: str, messages: list[OutboundMessage], claim: ledger.Claim, dispatch: Dispatch
+    rt: Runtime, channel: str, messages: list[OutboundMessage], claim: deliveries.Claim, dispatch: Dispatch
 ) -> list[Receipt]:
     """Send and record a few messages at a time.
 
@@ -129,7 +129,7 @@ def _send_in_chunks(
     cannot duplicate anything (``Channel.idempotent``) sends the whole batch as one chunk.
     When a whole chunk comes back transient (the provider is down) the rest is not tried
     this time. Each chunk after the first goes out only to the keys this claim still holds,
-    checked in the transaction that recorded the chunk before it (``ledger.still_held``): a
+    checked in the transaction that recorded the chunk before it (``deliveries.still_held``): a
     worker that was paused while its message went to another worker stops where it stands.
     """
     receipts: list[Receipt] = []
@@ -159,7 +159,7 @@ def _send_in_chunks(
 def _record(
     rt: Runtime,
     receipts: list[Receipt],
-    claim: ledger.Claim,
+    claim: deliveries.Claim,
     dispatch: Dispatch,
     *,
     following: Sequence[OutboundMessage] = (),
@@ -172,9 +172,9 @@ def _record(
     lease = timedelta(seconds=rt.settings.lease_s)
     with rt.engine.begin() as conn:
         if receipts:
-            moves = ledger.record(conn, receipts, claim.attempts, claim.requests)
+            moves = deliveries.record(conn, receipts, claim.attempts, claim.requests)
             dispatch.extend(rt.router.after_receipts(conn, claim.event_id, receipts, moves, now=utcnow()))
-        held = ledger.still_held(conn, claim, [m.key.recipient_ref for m in following], lease)
+        held = deliveries.still_held(conn, claim, [m.key.recipient_ref for m in following], lease)
     return receipts, held
 
 
@@ -209,7 +209,7 @@ def exhaust_batch(
     rest, while ``sent`` ones wait for their verdict.
     """
     with rt.engine.begin() as conn:
-        failed = ledger.exhaust(conn, event_id, channel, refs, "retries exhausted", step=step, claimant=claimant)
+        failed = deliveries.exhaust(conn, event_id, channel, refs, "retries exhausted", step=step, claimant=claimant)
         dispatch = rt.router.after_receipts(conn, event_id, failed, now=utcnow())
     if failed:
         log.warning("event %s %s: %d deliveries failed after the last retry", event_id, channel, len(failed))

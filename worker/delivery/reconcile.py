@@ -18,7 +18,7 @@ from worker.core.errors import DeliveryError, PermanentDeliveryError
 from worker.core.statuses import DeliveryStatus
 from worker.fanout.outbox import Dispatch
 from worker.runtime import Runtime
-from worker.store import ledger
+from worker.store import moves, outcomes
 
 log = logging.getLogger("herald.reconcile")
 
@@ -32,7 +32,7 @@ def reconcile(
     """
     dispatch = Dispatch()
     with rt.engine.connect() as conn:
-        open_ids = ledger.awaiting_verdict(conn, provider_message_ids)
+        open_ids = outcomes.awaiting_verdict(conn, provider_message_ids)
     sender = rt.channel(channel)
     if not open_ids or not isinstance(sender, ReportsBack):
         return [], dispatch
@@ -50,8 +50,8 @@ def reconcile(
             status = DeliveryStatus.FAILED
             error = PermanentDeliveryError("no final status from the provider", code="no-final-status")
         with rt.engine.begin() as conn:
-            moved = ledger.apply_status(conn, pmid, status, error)
-            if isinstance(moved, ledger.Move):
+            moved = moves.apply_status(conn, pmid, status, error)
+            if isinstance(moved, moves.Move):
                 dispatch.extend(rt.router.after_moves(conn, [moved], utcnow()))
     if open_ids:
         log.info("%s: asked the provider about %d messages, %d still open", channel, len(open_ids), len(still_open))

@@ -36,8 +36,9 @@ from worker.core.messages import Receipt
 from worker.core.statuses import TERMINAL, DeliveryStatus, RouteMark, RouteOutcome
 from worker.fanout.outbox import Batch, Dispatch, cut
 from worker.routing.policy import Plan, format_duration
-from worker.store import announcements, ledger, recipients, routes
-from worker.store.ledger import Move, Note
+from worker.store import announcements, deliveries, ledger, outcomes, recipients, routes
+from worker.store.ledger import Note
+from worker.store.moves import Move, skip_later_stages
 from worker.store.schema import events
 
 _TERMINAL = frozenset(s.value for s in TERMINAL)
@@ -109,7 +110,7 @@ class Router:
         fresh = set(new)
         old = [ref for ref in refs if ref not in fresh]
         if old:
-            for (channel, step), pending in ledger.pending_by_step(conn, event_id, old).items():
+            for (channel, step), pending in outcomes.pending_by_step(conn, event_id, old).items():
                 dispatch.batches += cut(event_id, channel, pending, step, self.batch_size)
         if new:
             batches, idle = self._open_stage(conn, route, 0, new, now)
@@ -252,7 +253,7 @@ class Router:
             stage = f"stage {key.step + 1}"
             ended = routes.reach_after_all(conn, key.event_id, [key.recipient_ref], key.channel, now)
             unsent = ChannelNotUsed(f"reached by {key.channel} at {stage} before this stage was sent", code="reached")
-            skipped = ledger.skip_later_stages(conn, key, unsent)
+            skipped = skip_later_stages(conn, key, unsent)
             why = (
                 f"{key.channel} {move.status.value} at {stage} after it had been judged failed: reached by "
                 f"{key.channel}" + (f"; {len(skipped)} later deliveries not sent" if skipped else "")
@@ -323,7 +324,7 @@ class Router:
             contact = get_spec(channel).contact
             cap = plan.caps.get(channel)
             counts = (
-                ledger.recent_counts(conn, channel, refs, now - timedelta(seconds=cap.per_s), event_id) if cap else {}
+                outcomes.recent_counts(conn, channel, refs, now - timedelta(seconds=cap.per_s), event_id) if cap else {}
             )
             failures: dict[str, DeliveryError] = {}
             skips: dict[str, DeliveryError] = {}
@@ -358,7 +359,7 @@ class Router:
                         f"optional notices are capped at {cap.count}",
                         code="throttled",
                     )
-            to_send = ledger.open_deliveries(
+            to_send = deliveries.open_deliveries(
                 conn, event_id, channel, list(refs), step=stage, failures=failures, skips=skips
             )
             sending |= set(to_send)

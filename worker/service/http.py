@@ -46,16 +46,11 @@ from worker.core.statuses import DeliveryStatus
 from worker.fanout.outbox import Dispatch, enqueue
 from worker.routing.chains import Router
 from worker.service.settling import SETTLE_TASKS_MAX, Settler
+from worker.store.callbacks import apply_pending_callbacks, callbacks_waiting, receive_provider_status
+from worker.store.deliveries import adopt_provider_id, adoptable
 from worker.store.engine import make_engine, read_only
-from worker.store.ledger import (
-    Move,
-    adopt_provider_id,
-    adoptable,
-    apply_pending_callbacks,
-    callbacks_waiting,
-    is_recorded,
-    receive_provider_status,
-)
+from worker.store.moves import Move
+from worker.store.outcomes import is_recorded
 
 log = logging.getLogger("herald.http")
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, func, select, update
 
 from worker.core.clock import as_utc, utcnow
 from worker.store.dialect import insert_ignoring_conflicts
+from worker.store.moves import Move, acknowledge
 from worker.store.schema import letters, recipients
-
-if TYPE_CHECKING:
-    from worker.store.ledger import Move
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +86,6 @@ def read_letter(conn: Connection, user_id: str, letter_id: int) -> Move | bool:
     ).first()
     if row is None:
         return False
-    from worker.store.ledger import acknowledge  # here: ledger imports channels, whose insite imports us
-
     moved = acknowledge(conn, row.event_id, row.recipient_ref, "insite", "the station letter was read")
     return moved if moved is not None else True
 
